@@ -1,0 +1,210 @@
+"""The ``mstlake`` command: a thin shell over functions in ``mstlake.pipeline``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+import mstlake
+from mstlake import config as cfg
+from mstlake.paths import DemoPaths, LakePaths, SimulationPaths, resolve_against
+
+console = Console()
+err_console = Console(stderr=True)
+
+CONFIG_OPTION = click.option(
+    "--config-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory with telescopes.toml, pipeline.toml, simulate.toml and fields/ (default: ./ingest if present, else the shipped defaults).",
+)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(mstlake.__version__, prog_name="mstlake")
+def main() -> None:
+    """mstlake: the data lake and light-curve archive of the Mini-SiTian (MST) survey.
+
+    Raw FITS frames go in (never modified); calibrated image cubes, HEALPix-partitioned catalogues
+    and SQL light curves come out. Stages available now: simulate, inventory. Start with
+    `mstlake demo`.
+    """
+
+
+@main.command()
+@click.option("--field", "field_name", default="f02", show_default=True, help="Field from ingest/fields/ to point at.")
+@click.option("--nights", type=click.IntRange(1), default=2, show_default=True, help="Consecutive nights to simulate.")
+@click.option("--frames-per-night", type=click.IntRange(0), default=10, show_default=True, help="Science frames per telescope and night (calibration frames come on top).")
+@click.option("--telescopes", default="MST2,MST3", show_default=True, help="Comma-separated telescopes (MST1=i, MST2=g, MST3=r).")
+@click.option("--scale", type=float, default=0.1, show_default=True, help="Detector size relative to the real 9576x6288 at the same pixel scale; 1 makes full 60-Mpx frames.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed gives the same files.")
+@click.option("--start-night", type=int, default=None, help="First night YYYYMMDD (default from simulate.toml).")
+@click.option("--with-bad-files", is_flag=True, help="Also write broken inputs (truncated, not FITS, no DATE-OBS, wrong shape, all zero, duplicate, dome closed).")
+@click.option("--out", "raw_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Raw directory to write (as RAW/<night>/<telescope>/*.fits).")
+@click.option("--truth", "truth_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where the truth goes (default: a sibling RAW-truth directory).")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Threads simulating exposures in parallel.")
+@CONFIG_OPTION
+def simulate(field_name, nights, frames_per_night, telescopes, scale, seed, start_night, with_bad_files, raw_dir, truth_dir, workers, config_dir):
+    """Simulate MST raw data for a field, with its full truth.
+
+    Writes bias, twilight flats, darks and science frames as the MST cameras do (uint16 FITS, N.I.N.A.
+    or MaxIm DL headers, no WCS), plus the standard-star library and the truth (stars, per-frame
+    geometry, PSF, sky, zero point, artefacts, static detector maps) beside them.
+    """
+    from mstlake.pipeline.simulate import SimulationRequest
+    from mstlake.pipeline.simulate import simulate as run
+
+    try:
+        instrument, sim, field_cfg = cfg.load_instrument(config_dir), cfg.load_simulation(config_dir), cfg.load_field(field_name, config_dir)
+    except (cfg.ConfigError, FileNotFoundError) as err:
+        _fail(str(err))
+    request = SimulationRequest(field=field_name, nights=nights, frames_per_night=frames_per_night, telescopes=tuple(t.strip() for t in telescopes.split(",") if t.strip()), scale=scale, seed=seed, with_bad_files=with_bad_files, start_night=start_night)
+    started = time.perf_counter()
+    try:
+        summary = run(request, SimulationPaths.beside(raw_dir, truth_dir), instrument=instrument, sim=sim, field_cfg=field_cfg, workers=workers)
+    except ValueError as err:
+        _fail(str(err))
+    _print_simulation(summary, time.perf_counter() - started)
+
+
+@main.command()
+@click.argument("raw_dir", type=click.Path(path_type=Path))
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory to record the inventory in (created if needed).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@CONFIG_OPTION
+def inventory(raw_dir, lake_dir, quiet, config_dir):
+    """Take inventory of every FITS file under RAW_DIR.
+
+    Classifies each file by its header (never its name), records usable frames in the lake's `frames`
+    table and unusable files in `quarantine` with the reason. Files are never modified, moved or
+    deleted; re-running adds only what is new. Exits non-zero only when nothing usable was found.
+    """
+    report = _inventory(raw_dir, LakePaths(lake_dir), config_dir, progress=not quiet)
+    _print_inventory(report)
+    if not report.usable:
+        err_console.print(f"[bold red]no usable frames found under {raw_dir}[/]")
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--field", "field_name", required=True, help="Field to ingest (a file in ingest/fields/).")
+@click.option("--raw", "raw_dir", type=click.Path(path_type=Path), default=None, help="Raw directory (default: the field's raw_dir).")
+@click.option("--lake", "lake_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Lake directory (default: the field's lake_dir).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@CONFIG_OPTION
+def ingest(field_name, raw_dir, lake_dir, quiet, config_dir):
+    """Run every pipeline stage that exists on a field's raw data.
+
+    Now: the inventory. Calibration, astrometry, photometry and the archive join as they land.
+    """
+    report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet)
+    if not report.usable:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("mstlake-demo"), show_default=True, help="Directory for the demo's raw data, truth and lake.")
+@click.option("--seed", type=int, default=2023, show_default=True, help="Random seed of the simulated data.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out_dir, seed, quiet):
+    """Simulate a small f02 data set and run every stage that exists on it.
+
+    Three telescopes (g, r, i), two nights, six science frames each at 1/10 detector scale, with
+    calibration frames and a handful of broken files; then `ingest --field f02` into a lake. Ends with
+    a short summary.
+    """
+    from mstlake.pipeline.simulate import SimulationRequest
+    from mstlake.pipeline.simulate import simulate as run
+
+    paths = DemoPaths(out_dir)
+    instrument, sim, field_cfg = cfg.load_instrument(), cfg.load_simulation(), cfg.load_field("f02")
+    request = SimulationRequest(field="f02", nights=2, frames_per_night=6, telescopes=("MST1", "MST2", "MST3"), scale=0.1, seed=seed, with_bad_files=True)
+    console.rule("[bold]mstlake demo: simulating f02")
+    started = time.perf_counter()
+    summary = run(request, paths.simulation, instrument=instrument, sim=sim, field_cfg=field_cfg, progress=not quiet)
+    _print_simulation(summary, time.perf_counter() - started)
+    console.rule("[bold]mstlake ingest --field f02")
+    report = _ingest("f02", paths.simulation.raw, paths.lake.root, None, progress=not quiet)
+    console.rule("[bold]summary")
+    console.print(
+        f"{report.total_frames} frames in the lake at [cyan]{paths.lake.root}[/], {report.total_quarantined} files quarantined with reasons.\n"
+        f"Tables: [cyan]{paths.lake.frames_table}[/] and [cyan]{paths.lake.quarantine_table}[/] (Parquet; open with pyarrow, pandas or DuckDB).\n"
+        f"Simulator truth: [cyan]{paths.simulation.truth}[/]."
+    )
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _inventory(raw_dir: Path, lake: LakePaths, config_dir, *, progress: bool):
+    from mstlake.pipeline.inventory import run_inventory
+
+    try:
+        instrument, pipeline, fields = cfg.load_instrument(config_dir), cfg.load_pipeline(config_dir), cfg.load_fields(config_dir)
+        return run_inventory(raw_dir, lake, instrument=instrument, fields=fields, config=pipeline.inventory, progress=progress)
+    except (cfg.ConfigError, FileNotFoundError, OSError) as err:
+        _fail(str(err))
+
+
+def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool):
+    try:
+        field_cfg = cfg.load_field(field_name, config_dir)
+    except cfg.ConfigError as err:
+        _fail(str(err))
+    if field_cfg.centre_is_placeholder:
+        err_console.print(f"[yellow]note:[/] the centre of field {field_name} in ingest/fields/{field_name}.toml is a placeholder.")
+    raw = Path(raw_dir) if raw_dir else resolve_against(Path.cwd(), field_cfg.raw_dir)
+    lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
+    report = _inventory(raw, lake, config_dir, progress=progress)
+    _print_inventory(report)
+    return report
+
+
+def _print_simulation(summary, seconds: float) -> None:
+    table = Table(title=f"simulated {summary.shape[1]}x{summary.shape[0]} frames in {seconds:.1f} s", show_edge=False)
+    table.add_column("kind")
+    table.add_column("files", justify="right")
+    for kind, count in sorted(summary.counts.items()):
+        table.add_row(kind, str(count))
+    console.print(table)
+    console.print(f"{summary.n_stars} stars on the sky, {summary.n_library} in the standard-star library")
+    console.print(f"raw: [cyan]{summary.raw_dir}[/]   truth: [cyan]{summary.truth_dir}[/]")
+
+
+def _print_inventory(report) -> None:
+    console.print(f"inventory of [cyan]{report.raw_dir}[/]: {report.files_seen} FITS files, {report.files_read} read, "
+                  f"{report.new_frames} new frames, {report.new_quarantined} newly quarantined "
+                  f"(lake now holds {report.total_frames} frames, {report.total_quarantined} quarantined)")
+    if report.frames_by_kind:
+        rows: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
+        for (telescope, night, kind), n in report.frames_by_kind.items():
+            rows[(telescope, night)][kind] = n
+        table = Table(title="new frames", show_edge=False)
+        for column in ("telescope", "night", "bias", "dark", "flat", "science"):
+            table.add_column(column, justify="right" if column not in ("telescope",) else "left")
+        for (telescope, night), counts in sorted(rows.items()):
+            table.add_row(telescope, str(night), *(str(counts.get(k, 0)) for k in ("bias", "dark", "flat", "science")))
+        console.print(table)
+    if report.quarantine_reasons:
+        table = Table(title="quarantined (files left untouched)", show_edge=False)
+        table.add_column("file", overflow="fold")
+        table.add_column("reason", overflow="fold")
+        for path, code, reason in report.quarantine_reasons:
+            shown = Path(path).relative_to(report.raw_dir) if Path(path).is_relative_to(report.raw_dir) else Path(path)
+            table.add_row(str(shown), f"[bold]{code}[/]: {reason}")
+        console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""Configuration: one frozen dataclass per stage, loaded from the TOML files in ``ingest/``.
+
+Loading is strict: an unknown key, a missing key or a value of the wrong kind is an error that names
+the file and the key, so a typo in a config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mstlake.paths import ConfigPaths, config_dir
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, malformed or holds a wrong value."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Instrument: ingest/telescopes.toml
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    name: str
+    latitude_deg: float
+    longitude_deg: float
+    height_m: float
+    utc_offset_hours: float
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    model: str
+    shape: tuple[int, int]
+    pixel_size_um: float
+    pixel_scale_arcsec: float
+    gain_e_per_adu: float
+    read_noise_e: float
+    saturation_adu: float
+    adc_max_adu: int
+    dark_current_e_per_s: float
+
+    @property
+    def area_cm2(self) -> float:
+        return self.shape[0] * self.shape[1] * (self.pixel_size_um * 1e-4) ** 2
+
+
+@dataclass(frozen=True)
+class OpticsConfig:
+    aperture_m: float
+    focal_ratio: float
+    efficiency: float
+
+
+@dataclass(frozen=True)
+class BandConfig:
+    wavelength_angstrom: float
+    width_angstrom: float
+    filter_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TelescopeConfig:
+    band: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InstrumentConfig:
+    site: SiteConfig
+    detector: DetectorConfig
+    optics: OpticsConfig
+    bands: dict[str, BandConfig]
+    telescopes: dict[str, TelescopeConfig]
+
+    def __post_init__(self) -> None:
+        for name, telescope in self.telescopes.items():
+            if telescope.band not in self.bands:
+                raise ConfigError(f"telescope {name} has band {telescope.band!r}, not one of {sorted(self.bands)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Fields: ingest/fields/<name>.toml
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    name: str
+    centre_ra_deg: float
+    centre_dec_deg: float
+    width_deg: float
+    height_deg: float
+    telescopes: tuple[str, ...]
+    raw_dir: str
+    lake_dir: str
+    aliases: tuple[str, ...] = ()
+    centre_is_placeholder: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Pipeline stages: ingest/pipeline.toml
+
+
+@dataclass(frozen=True)
+class InventoryConfig:
+    extensions: tuple[str, ...]
+    stats_stride: int
+    no_light_max_sky_e: float
+    min_exptime_for_light_check_s: float
+    airmass_range: tuple[float, float]
+    scheduler: str
+    workers: int
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("threads", "processes", "synchronous"):
+            raise ConfigError(f"inventory.scheduler must be threads, processes or synchronous, not {self.scheduler!r}")
+        if self.stats_stride < 1:
+            raise ConfigError("inventory.stats_stride must be >= 1")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    inventory: InventoryConfig
+
+
+# --------------------------------------------------------------------------------------------------
+# Simulator: ingest/simulate.toml
+
+
+@dataclass(frozen=True)
+class SkySimConfig:
+    bright_limit_mag: float
+    faint_limit_mag: float
+    count_slope_per_mag: float
+    stars_per_deg2_brighter_than_19: float
+    library_limit_mag: float
+    library_missing_fraction: float
+    variable_fraction: float
+    dark_sky_mag_arcsec2: dict[str, float]
+    extinction_mag_per_airmass: dict[str, float]
+    transient_peak_mag: float
+
+
+@dataclass(frozen=True)
+class ObservingSimConfig:
+    start_night: int
+    science_exptime_s: float
+    max_airmass: float
+    bias_per_night: int
+    flats_per_night: int
+    darks_per_night: int
+    dark_exptime_s: float
+    bad_flats_per_night: tuple[int, int]
+    ps_series_frames: int
+    cloudy_frame_fraction: float
+    satellite_frame_fraction: float
+    aircraft_frame_fraction: float
+    cosmic_rays_per_cm2_per_min: float
+
+
+@dataclass(frozen=True)
+class OpticsSimConfig:
+    seeing_fwhm_arcsec: tuple[float, float]
+    psf_beta: tuple[float, float]
+    distortion_corner_px: float
+    pointing_error_arcmin: float
+    pointing_jitter_arcmin: float
+    scintillation: bool
+
+
+@dataclass(frozen=True)
+class TelescopeSimConfig:
+    rotation_deg: float
+    mirrored: bool
+    header_dialect: str
+
+    def __post_init__(self) -> None:
+        if self.header_dialect not in ("nina", "maxim"):
+            raise ConfigError(f"header_dialect must be 'nina' or 'maxim', not {self.header_dialect!r}")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    sky: SkySimConfig
+    observing: ObservingSimConfig
+    optics: OpticsSimConfig
+    telescopes: dict[str, TelescopeSimConfig]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return build(hint, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (typing.Union, types.UnionType):
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build the frozen dataclass ``cls`` from a parsed TOML table, strictly."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing key {name!r}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+
+
+def load_instrument(directory: str | Path | None = None) -> InstrumentConfig:
+    path = ConfigPaths(config_dir(directory)).telescopes
+    return build(InstrumentConfig, read_toml(path), str(path))
+
+
+def load_pipeline(directory: str | Path | None = None) -> PipelineConfig:
+    path = ConfigPaths(config_dir(directory)).pipeline
+    return build(PipelineConfig, read_toml(path), str(path))
+
+
+def load_simulation(directory: str | Path | None = None) -> SimulationConfig:
+    path = ConfigPaths(config_dir(directory)).simulate
+    return build(SimulationConfig, read_toml(path), str(path))
+
+
+def load_field(name: str, directory: str | Path | None = None) -> FieldConfig:
+    paths = ConfigPaths(config_dir(directory))
+    path = paths.field(name)
+    if not path.is_file():
+        known = [p.stem for p in paths.field_files()]
+        raise ConfigError(f"no field {name!r}: {path} does not exist (known fields: {known})")
+    return build(FieldConfig, read_toml(path), str(path))
+
+
+def load_fields(directory: str | Path | None = None) -> dict[str, FieldConfig]:
+    paths = ConfigPaths(config_dir(directory))
+    return {p.stem: build(FieldConfig, read_toml(p), str(p)) for p in paths.field_files()}

@@ -1,0 +1,1 @@
+"""The lake: tables, cubes and their atomic, idempotent writes."""

@@ -1,0 +1,161 @@
+"""Every path mstlake reads or writes is formed here and nowhere else.
+
+Three trees matter:
+
+* the **configuration** (``ingest/``) and **schemas** (``schemas/``) that ship with the code;
+* a **lake** (``LakePaths``): tables, cubes and everything the pipeline produces;
+* a **simulation** (``SimulationPaths``): raw FITS frames laid out as the camera PCs write them, with
+  the simulator's truth in a sibling directory that the pipeline never reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bundled_dir(name: str) -> Path:
+    """The shipped copy of a top-level resource directory (``"ingest"`` or ``"schemas"``).
+
+    A source checkout (editable install) has it at the repository top; a wheel carries it inside the
+    package under ``_bundled/``.
+    """
+    for candidate in (_PACKAGE_DIR.parent / name, _PACKAGE_DIR / "_bundled" / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"mstlake resource directory {name!r} not found next to {_PACKAGE_DIR}")
+
+
+def config_dir(explicit: str | Path | None = None) -> Path:
+    """The configuration directory: ``explicit`` if given, else ``./ingest`` when the current
+    directory holds one (a user's edited copy), else the shipped defaults."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not (path / "telescopes.toml").is_file():
+            raise FileNotFoundError(f"{path} is not an mstlake config directory (no telescopes.toml)")
+        return path
+    local = Path.cwd() / "ingest"
+    if (local / "telescopes.toml").is_file() and (local / "pipeline.toml").is_file():
+        return local
+    return bundled_dir("ingest")
+
+
+def schema_file(table: str) -> Path:
+    return bundled_dir("schemas") / f"{table}.toml"
+
+
+def schema_names() -> list[str]:
+    return sorted(p.stem for p in bundled_dir("schemas").glob("*.toml"))
+
+
+@dataclass(frozen=True)
+class ConfigPaths:
+    root: Path
+
+    @property
+    def telescopes(self) -> Path:
+        return self.root / "telescopes.toml"
+
+    @property
+    def pipeline(self) -> Path:
+        return self.root / "pipeline.toml"
+
+    @property
+    def simulate(self) -> Path:
+        return self.root / "simulate.toml"
+
+    def field(self, name: str) -> Path:
+        return self.root / "fields" / f"{name}.toml"
+
+    def field_files(self) -> list[Path]:
+        return sorted((self.root / "fields").glob("*.toml"))
+
+
+@dataclass(frozen=True)
+class LakePaths:
+    """Layout of a lake. Tables are single Parquet files for now; the archive issue moves them to
+    HEALPix-partitioned datasets behind the same names."""
+
+    root: Path
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    def table(self, name: str) -> Path:
+        return self.tables_dir / f"{name}.parquet"
+
+    @property
+    def frames_table(self) -> Path:
+        return self.table("frames")
+
+    @property
+    def quarantine_table(self) -> Path:
+        return self.table("quarantine")
+
+
+@dataclass(frozen=True)
+class SimulationPaths:
+    """Raw frames under ``raw``: ``raw/<night>/<telescope>/<file>.fits``, as the MST hosts upload
+    them. Truth under ``truth`` (never inside ``raw``, so an inventory of ``raw`` sees only what a
+    telescope would have produced)."""
+
+    raw: Path
+    truth: Path
+
+    @classmethod
+    def beside(cls, raw: str | Path, truth: str | Path | None = None) -> "SimulationPaths":
+        raw = Path(raw)
+        return cls(raw=raw, truth=Path(truth) if truth is not None else raw.parent / f"{raw.name}-truth")
+
+    def raw_frame(self, night: int, telescope: str, filename: str) -> Path:
+        return self.raw / str(night) / telescope / filename
+
+    @property
+    def standard_library(self) -> Path:
+        """The simulated Gaia-XP-like standard star library (the pipeline's reference catalogue)."""
+        return self.truth / "standard_library.parquet"
+
+    @property
+    def stars(self) -> Path:
+        return self.truth / "stars.parquet"
+
+    @property
+    def frames(self) -> Path:
+        return self.truth / "frames.parquet"
+
+    def frame_stars(self, stem: str) -> Path:
+        return self.truth / "frame_stars" / f"{stem}.parquet"
+
+    def frame_artefacts(self, stem: str) -> Path:
+        return self.truth / "artefacts" / f"{stem}.parquet"
+
+    def static_map(self, telescope: str, name: str) -> Path:
+        return self.truth / "static" / telescope / f"{name}.fits"
+
+    def nightly_flat(self, telescope: str, night: int) -> Path:
+        return self.truth / "static" / telescope / f"pixel_response_{night}.fits"
+
+    @property
+    def manifest(self) -> Path:
+        return self.truth / "simulation.json"
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    root: Path
+
+    @property
+    def simulation(self) -> SimulationPaths:
+        return SimulationPaths(raw=self.root / "raw" / "f02", truth=self.root / "truth" / "f02")
+
+    @property
+    def lake(self) -> LakePaths:
+        return LakePaths(self.root / "lake")
+
+
+def resolve_against(base: Path, path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else base / path

@@ -1,0 +1,1 @@
+"""Raw frames: reading what a camera wrote and taking inventory of it."""
