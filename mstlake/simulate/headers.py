@@ -107,13 +107,13 @@ def raw_header(
         if kind in ("flat", "science"):
             h["FILTER"] = (f"{band}'", "Filter used when taking image")
         if ra_str is not None:
-            h["OBJCTRA"] = (ra_str, "Nominal Right Ascension of center of image")
-            h["OBJCTDEC"] = (dec_str, "Nominal Declination of center of image")
+            h["OBJCTRA"] = (ra_str, "Nominal RA of center of image")
+            h["OBJCTDEC"] = (dec_str, "Nominal Dec of center of image")
         if object_name is not None:
             h["OBJECT"] = (object_name.upper(), "")
         h["SITELAT"] = (Angle(site.latitude_deg, unit="deg").to_string(sep=" ", precision=0, alwayssign=True), "Latitude of the imaging location")
         h["SITELONG"] = (Angle(site.longitude_deg, unit="deg").to_string(sep=" ", precision=0, alwayssign=True), "Longitude of the imaging location")
-        h["SWCREATE"] = ("MaxIm DL Version 6.40 240627 2CKM1", "Name of software that created the image")
+        h["SWCREATE"] = ("MaxIm DL Version 6.40 240627 2CKM1", "Software that created the image")
     else:
         raise ValueError(f"unknown header dialect {dialect!r}")
     return h

@@ -1,0 +1,53 @@
+import pytest
+
+from mstlake import config as cfg
+
+
+def test_defaults_load_with_the_mst_numbers(instrument):
+    det = instrument.detector
+    assert det.shape == (6288, 9576)
+    assert det.gain_e_per_adu == 0.25 and det.read_noise_e == 1.03 and det.saturation_adu == 50000
+    assert {name: t.band for name, t in instrument.telescopes.items()} == {"MST1": "i", "MST2": "g", "MST3": "r"}
+    assert instrument.site.utc_offset_hours == 8.0
+
+
+def test_field_f02_is_marked_placeholder():
+    f02 = cfg.load_field("f02")
+    assert f02.centre_is_placeholder and (f02.width_deg, f02.height_deg) == (2.29, 1.53)
+
+
+def _copy_config(tmp_path, instrument_text_edit=None):
+    import shutil
+
+    from mstlake.paths import bundled_dir
+
+    target = tmp_path / "ingest"
+    shutil.copytree(bundled_dir("ingest"), target)
+    if instrument_text_edit:
+        path = target / "pipeline.toml"
+        path.write_text(instrument_text_edit(path.read_text()))
+    return target
+
+
+def test_unknown_key_is_an_error_naming_file_and_key(tmp_path):
+    directory = _copy_config(tmp_path, lambda text: text.replace("stats_stride = 4", "stats_stride = 4\nstats_strid = 3"))
+    with pytest.raises(cfg.ConfigError, match=r"pipeline\.toml.*stats_strid"):
+        cfg.load_pipeline(directory)
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    directory = _copy_config(tmp_path, lambda text: text.replace("stats_stride = 4", 'stats_stride = "four"'))
+    with pytest.raises(cfg.ConfigError, match="stats_stride: expected an integer"):
+        cfg.load_pipeline(directory)
+
+
+def test_unknown_field_lists_known_ones():
+    with pytest.raises(cfg.ConfigError, match="known fields: .*f02"):
+        cfg.load_field("f99")
+
+
+def test_configs_are_frozen(instrument):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        instrument.detector.gain_e_per_adu = 1.0
