@@ -1,0 +1,58 @@
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from mstlake.cli import main
+
+
+@pytest.mark.parametrize("command", [[], ["simulate"], ["inventory"], ["ingest"], ["demo"]])
+def test_every_command_explains_itself(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output and len(result.output) > 300
+
+
+def test_demo_runs_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["demo", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "frames in the lake" in result.output
+    frames = pq.read_table(tmp_path / "mstlake-demo/lake/tables/frames.parquet").to_pandas()
+    quarantine = pq.read_table(tmp_path / "mstlake-demo/lake/tables/quarantine.parquet").to_pandas()
+    assert set(frames.telescope) == {"MST1", "MST2", "MST3"} and set(frames.band) == {"g", "r", "i"}
+    assert set(frames.type) == {"bias", "dark", "flat", "science"}
+    assert len(quarantine) == 7
+    # running it again is idempotent: same lake
+    again = CliRunner().invoke(main, ["demo", "--quiet"])
+    assert again.exit_code == 0
+    assert len(pq.read_table(tmp_path / "mstlake-demo/lake/tables/frames.parquet")) == len(frames)
+
+
+def test_inventory_exit_codes(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "junk.fits").write_text("not fits")
+    result = CliRunner().invoke(main, ["inventory", str(raw), "--lake", str(tmp_path / "lake"), "--quiet"])
+    assert result.exit_code == 1
+    assert "not_fits" in result.output
+    missing = CliRunner().invoke(main, ["inventory", str(tmp_path / "nope"), "--lake", str(tmp_path / "lake"), "--quiet"])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_simulate_then_ingest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "raw" / "f02"
+    sim = CliRunner().invoke(main, ["simulate", "--nights", "1", "--frames-per-night", "1", "--telescopes", "MST3", "--scale", "0.03", "--seed", "4", "--out", str(raw)])
+    assert sim.exit_code == 0, sim.output
+    assert (tmp_path / "raw" / "f02-truth" / "standard_library.parquet").exists()
+    ingest = CliRunner().invoke(main, ["ingest", "--field", "f02", "--quiet"])  # raw/f02 and lake from the field config
+    assert ingest.exit_code == 0, ingest.output
+    frames = pq.read_table(tmp_path / "lake/tables/frames.parquet").to_pandas()
+    assert (frames.type == "science").sum() == 1 and set(frames.telescope) == {"MST3"}
+
+
+def test_bad_arguments_are_clear(tmp_path):
+    result = CliRunner().invoke(main, ["simulate", "--telescopes", "MST9", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "MST9" in result.output
+    result = CliRunner().invoke(main, ["ingest", "--field", "f99"])
+    assert result.exit_code == 2 and "f99" in result.output
