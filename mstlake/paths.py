@@ -110,8 +110,18 @@ class SimulationPaths:
         raw = Path(raw)
         return cls(raw=raw, truth=Path(truth) if truth is not None else raw.parent / f"{raw.name}-truth")
 
-    def raw_frame(self, night: int, telescope: str, filename: str) -> Path:
-        return self.raw / str(night) / telescope / filename
+    @staticmethod
+    def frame_relpath(night: int, telescope: str, filename: str) -> str:
+        """Where a camera host puts a frame, relative to the raw directory."""
+        return f"{night}/{telescope}/{filename}"
+
+    @staticmethod
+    def backup_relpath(night: int, filename: str) -> str:
+        """Where an observer's stray copy of a frame ends up (a duplicate for the inventory)."""
+        return f"{night}/backup/{filename}"
+
+    def raw_file(self, relpath: str) -> Path:
+        return self.raw / relpath
 
     @property
     def standard_library(self) -> Path:

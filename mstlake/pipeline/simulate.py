@@ -99,7 +99,7 @@ def _store(result: ExposureResult, paths: SimulationPaths, exposure: Exposure) -
         _write_parquet(paths.frame_stars(stem), result.frame_stars, "truth_frame_stars")
     if result.artefacts is not None:
         _write_parquet(paths.frame_artefacts(stem), result.artefacts, "truth_artefacts")
-    _atomic_bytes(paths.raw / truth["file"], _fits_bytes(result.data, result.header))
+    _atomic_bytes(paths.raw_file(truth["file"]), _fits_bytes(result.data, result.header))
 
 
 def _write_static_truth(survey: Survey, paths: SimulationPaths, nights: list[int]) -> None:
@@ -125,7 +125,7 @@ def _write_static_truth(survey: Survey, paths: SimulationPaths, nights: list[int
             _atomic_bytes(paths.nightly_flat(name, night), _fits_bytes(det.pixel_response(i), header))
 
 
-def _bad_files(survey: Survey, plans: list[Exposure], paths: SimulationPaths, seed: int) -> list[dict]:
+def _bad_files(survey: Survey, plans: list[Exposure], paths: SimulationPaths) -> list[dict]:
     """Deliberately broken inputs, each made from a real science exposure of the first telescope."""
     science = [e for e in plans if e.kind == "science"]
     if not science:
@@ -133,39 +133,35 @@ def _bad_files(survey: Survey, plans: list[Exposure], paths: SimulationPaths, se
     source = science[0]
     made = make_exposure(survey, source)
     raw_bytes = _fits_bytes(made.data, made.header)
-    folder = paths.raw / str(source.night) / source.telescope
     rows = []
 
-    def record(kind: str, relative: str, data: bytes) -> None:
-        _atomic_bytes(paths.raw / relative, data)
-        row = dict(made.truth)
-        row.update(kind=kind, file=relative, stem=Path(relative).name.split(".fits")[0].split(".fit")[0], date_obs=made.header.get("DATE-OBS"))
+    def record(kind: str, relpath: str, data: bytes, origin: ExposureResult) -> None:
+        _atomic_bytes(paths.raw_file(relpath), data)
+        row = dict(origin.truth)
+        row.update(kind=kind, file=relpath, stem=Path(relpath).name.split(".fit")[0], date_obs=origin.header.get("DATE-OBS"))
         rows.append(row)
 
-    base = made.filename.rsplit(".", 1)[0]
-    rel = f"{source.night}/{source.telescope}"
-    record("truncated", f"{rel}/{base}_retry.fits", raw_bytes[: int(len(raw_bytes) * 0.6)])
-    record("not_fits", f"{rel}/observing_log.fits", b"MST observing log\n" + b"21:03 dome open, tracking f02\n" * 40)
+    def beside_source(suffix: str) -> str:
+        return paths.frame_relpath(source.night, source.telescope, f"{made.filename.rsplit('.', 1)[0]}{suffix}")
+
+    record("truncated", beside_source("_retry.fits"), raw_bytes[: int(len(raw_bytes) * 0.6)], made)
+    record("not_fits", paths.frame_relpath(source.night, source.telescope, "observing_log.fits"), b"MST observing log\n" + b"21:03 dome open, tracking f02\n" * 40, made)
     header = made.header.copy()
     del header["DATE-OBS"]
     header.pop("DATE-LOC", None)
-    record("missing_date_obs", f"{rel}/{base}_nodate.fits", _fits_bytes(made.data, header))
-    binned = made.data[: made.data.shape[0] // 2 * 2, : made.data.shape[1] // 2 * 2].reshape(made.data.shape[0] // 2, 2, made.data.shape[1] // 2, 2)
+    record("missing_date_obs", beside_source("_nodate.fits"), _fits_bytes(made.data, header), made)
+    ny, nx = (n // 2 * 2 for n in made.data.shape)
+    binned = made.data[:ny, :nx].reshape(ny // 2, 2, nx // 2, 2).astype(np.float64).mean(axis=(1, 3))
     header = made.header.copy()
     header["XBINNING"], header["YBINNING"] = 2, 2
-    binned_adu = np.clip(binned.astype(np.float64).mean(axis=(1, 3)), 0, 65535).astype(np.uint16)
-    record("wrong_shape", f"{rel}/{base}_bin2.fits", _fits_bytes(binned_adu, header))
-    record("all_zero", f"{rel}/{base}_zero.fits", _fits_bytes(np.zeros_like(made.data), made.header))
-    original = folder / made.filename
+    record("wrong_shape", beside_source("_bin2.fits"), _fits_bytes(np.clip(binned, 0, 65535).astype(np.uint16), header), made)
+    record("all_zero", beside_source("_zero.fits"), _fits_bytes(np.zeros_like(made.data), made.header), made)
+    original = paths.raw_file(paths.frame_relpath(source.night, source.telescope, made.filename))
     if original.exists():
-        record("duplicate", f"{source.night}/backup/{made.filename}", original.read_bytes())
+        record("duplicate", paths.backup_relpath(source.night, made.filename), original.read_bytes(), made)
     later = science[min(1, len(science) - 1)]
     dome = make_exposure(survey, Exposure(later.night, later.night_index, later.telescope, "science", later.mjd_start + 90 / 86400, later.exptime, 999), no_light=True)
-    dome_name = dome.filename
-    _atomic_bytes(paths.raw / rel / dome_name, _fits_bytes(dome.data, dome.header))
-    row = dict(dome.truth)
-    row.update(kind="dome_closed", file=f"{rel}/{dome_name}", stem=dome_name.rsplit(".", 1)[0], date_obs=dome.header["DATE-OBS"])
-    rows.append(row)
+    record("dome_closed", paths.frame_relpath(later.night, later.telescope, dome.filename), _fits_bytes(dome.data, dome.header), dome)
     return rows
 
 
@@ -208,7 +204,7 @@ def simulate(
     with dask_progress("simulating exposures", len(tasks), key_prefix="simulate-exposure", enabled=progress):
         truths = list(dask.compute(*tasks, scheduler=scheduler, num_workers=workers))
     if request.with_bad_files:
-        truths += _bad_files(survey, plans, paths, request.seed)
+        truths += _bad_files(survey, plans, paths)
 
     schema = load_schema("truth_frames")
     truth_columns = {name: [row.get(name) for row in truths] for name in schema.names}

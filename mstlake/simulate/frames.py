@@ -22,6 +22,7 @@ from astropy.io import fits
 
 from mstlake.astro import altaz_deg, airmass_from_altitude
 from mstlake.config import FieldConfig, InstrumentConfig, SimulationConfig
+from mstlake.paths import SimulationPaths
 from mstlake.simulate import render
 from mstlake.simulate.detector import DetectorTruth, collect, make_detector, read_out
 from mstlake.simulate.headers import raw_filename, raw_header
@@ -174,7 +175,7 @@ def _empty_truth(survey: Survey, exposure: Exposure, tel: TelescopeModel, filena
     ]
     row = dict.fromkeys(keys)
     row.update(
-        file=f"{exposure.night}/{tel.name}/{filename}",
+        file=SimulationPaths.frame_relpath(exposure.night, tel.name, filename),
         stem=filename.rsplit(".", 1)[0],
         kind=exposure.kind,
         bad_flat=exposure.bad_flat,

@@ -10,6 +10,7 @@ import pytest
 import sep
 from astropy.io import fits
 
+from mstlake.simulate import diagnostics
 from mstlake.simulate.frames import make_exposure, photon_rate_mag0
 from mstlake.simulate.schedule import Exposure
 from mstlake.simulate.sky import expected_star_count
@@ -93,10 +94,7 @@ def test_peaks_match_truth_and_saturate_at_the_adc_limit(small_simulation, instr
     assert mid.sum() >= 20
     ratio = (measured[mid] - bias[mid]) / (expected[mid] - bias[mid])
     assert np.median(ratio) == pytest.approx(1.0, abs=0.05)
-    # magnitude at which a star's peak reaches the 50000 ADU flag level (peak is proportional to flux)
-    usable = (expected - bias > 100) & (expected < 60000)
-    saturation_mag = np.median(mags[usable] + 2.5 * np.log10((expected[usable] - bias[usable]) / (50000 - 500)))
-    assert 12.0 < saturation_mag < 14.5
+    assert 12.0 < diagnostics.saturation_magnitude(mags, expected - bias, 50000 - 500) < 14.5
 
 
 def test_background_noise_is_photon_plus_read_noise(small_simulation, instrument):
@@ -108,17 +106,11 @@ def test_background_noise_is_photon_plus_read_noise(small_simulation, instrument
     flat = fits.getdata(paths.nightly_flat("MST2", row.night)).astype(float)
     clean = (_static(paths, "MST2", "ps_std") == 0) & (_static(paths, "MST2", "bad_pixels") == 0)
     stars = pq.read_table(paths.frame_stars(row.stem)).to_pandas()
-    yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
-    for star in stars[stars.flux_e > 30].itertuples():  # star light would widen the distribution
-        radius = np.clip(star.fwhm_px * (1 + np.log10(star.flux_e / 30)), 2, 40)
-        clean &= (xx - star.x) ** 2 + (yy - star.y) ** 2 > radius**2
+    clean &= diagnostics.star_free_mask(image.shape, stars.x, stars.y, stars.flux_e, stars.fwhm_px)  # star light widens it
     assert clean.mean() > 0.2
-    sky_adu = row.sky_e_per_pix * flat / g
-    variance = row.sky_e_per_pix * flat / g**2 + (rn / g) ** 2 + 0.8**2  # + CMOS row noise
-    pull = ((image - bias - sky_adu) / np.sqrt(variance))[clean]
-    robust_std = 1.4826 * np.median(np.abs(pull - np.median(pull)))
+    robust_std, median = diagnostics.background_pull(image, bias=bias, flat=flat, sky_e=row.sky_e_per_pix, gain=g, read_noise_e=rn, row_noise_adu=0.8, clean=clean)
     assert robust_std == pytest.approx(1.0, abs=0.05)
-    assert abs(np.median(pull)) < 0.2
+    assert abs(median) < 0.2
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +170,7 @@ def test_flats_reach_their_levels_with_vignetting_and_prnu(small_simulation, ins
     assert min(corners) == pytest.approx(0.80, abs=0.01)
     mean_flat = np.mean(stack, axis=0)
     true_flat = fits.getdata(paths.nightly_flat("MST2", int(good.night.iloc[0]))).astype(float)
-    from scipy import ndimage
-
-    small_measured = mean_flat / ndimage.median_filter(mean_flat, 15)
-    small_true = true_flat / ndimage.median_filter(true_flat, 15)
+    small_measured, small_true = diagnostics.small_scale(mean_flat), diagnostics.small_scale(true_flat)
     inner = (slice(20, -20), slice(20, -20))
     good_pixels = _static(paths, "MST2", "bad_pixels")[inner] == 0
     prnu = np.std(small_true[inner][good_pixels])
@@ -205,10 +194,7 @@ def test_distortion_reaches_about_a_pixel_at_the_corners(small_simulation):
     catalogue = pq.read_table(paths.stars).to_pandas().set_index("star_id").loc[stars.star_id]
     flat = dataclasses.replace(geometry, k1=0.0, k2=0.0, p1=0.0, p2=0.0, refraction=False)
     u, v = flat.sky_to_pixel(catalogue.ra.to_numpy(), catalogue.dec.to_numpy())
-    design = np.column_stack([u, v, np.ones_like(u)])
-    coef_x = np.linalg.lstsq(design, stars.x.to_numpy(), rcond=None)[0]
-    coef_y = np.linalg.lstsq(design, stars.y.to_numpy(), rcond=None)[0]
-    residual = np.hypot(design @ coef_x - stars.x, design @ coef_y - stars.y)
+    residual = diagnostics.affine_residuals(u, v, stars.x.to_numpy(), stars.y.to_numpy())
     assert 0.2 < residual.max() < 3.0
     # and the truth mapping inverts exactly
     ra, dec = geometry.pixel_to_sky(stars.x.to_numpy(), stars.y.to_numpy())
