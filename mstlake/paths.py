@@ -106,7 +106,7 @@ class SimulationPaths:
     truth: Path
 
     @classmethod
-    def beside(cls, raw: str | Path, truth: str | Path | None = None) -> "SimulationPaths":
+    def beside(cls, raw: str | Path, truth: str | Path | None = None) -> SimulationPaths:
         raw = Path(raw)
         return cls(raw=raw, truth=Path(truth) if truth is not None else raw.parent / f"{raw.name}-truth")
 

@@ -103,7 +103,7 @@ def run_inventory(
     keep = [p not in refreshed for p in quarantine.column("path").to_pylist()]
     quarantine = quarantine.filter(pa.array(keep, type=pa.bool_()))
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     update = build_inventory(facts, frames, instrument=instrument, fields=fields, config=config, now=now, version=mstlake.__version__)
     new_frames = frames_schema.from_rows(update.frames)
     new_quarantine = quarantine_schema.from_rows(update.quarantine)

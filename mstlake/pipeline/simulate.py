@@ -15,7 +15,6 @@ from pathlib import Path
 
 import dask
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from astropy.io import fits
 

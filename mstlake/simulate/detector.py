@@ -132,12 +132,11 @@ def make_detector(rng: np.random.Generator, shape: tuple[int, int], *, axis_xy: 
     response.reshape(-1)[dead] = rng.uniform(0.0, 0.5, dead.size)
     bad[dead] = 2
 
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
     ax, ay = axis_xy
-    r2 = (xx - ax) ** 2 + (yy - ay) ** 2
+    r2 = ((np.arange(ny, dtype=np.float32) - ay) ** 2)[:, None] + ((np.arange(nx, dtype=np.float32) - ax) ** 2)[None, :]
     r2_corner = max((cx - ax) ** 2 + (cy - ay) ** 2 for cx in (0, nx - 1) for cy in (0, ny - 1))
     vignetting = (1.0 - VIGNETTING_AT_CORNER * r2 / r2_corner).astype(np.float32)
-    del yy, xx, r2
+    del r2
 
     drift = (DRIFT_SIGMA_PER_30_NIGHTS * _smooth_field(rng, shape, (6, 8))).astype(np.float32)
 

@@ -202,8 +202,6 @@ def make_exposure(survey: Survey, exposure: Exposure, *, no_light: bool = False)
     filename = raw_filename(tel.dialect, kind=exposure.kind, telescope=tel.name, band=tel.band, mjd_start=exposure.mjd_start, exptime=exposure.exptime, sequence=exposure.sequence, utc_offset_hours=inst.site.utc_offset_hours)
     truth = _empty_truth(survey, exposure, tel, filename)
     night = survey.nights[(tel.name, exposure.night)]
-    flat = tel.detector.pixel_response(night.index)
-    ny, nx = survey.shape
     result = ExposureResult(data=None, header=None, filename=filename, truth=truth)
 
     site = inst.site
@@ -225,8 +223,10 @@ def make_exposure(survey: Survey, exposure: Exposure, *, no_light: bool = False)
         result.data, truth["bias_level_adu"] = read_out(rng, electrons, tel.detector, inst.detector)
         header_pointing = (None, None)
     elif exposure.kind == "flat":
+        flat = tel.detector.pixel_response(night.index)
         result.data, header_pointing = _flat(rng, survey, exposure, tel, night, flat, truth, axis_alt)
     else:
+        flat = tel.detector.pixel_response(night.index)
         result.data, header_pointing = _science(rng, survey, exposure, tel, night, flat, truth, result, axis_alt, no_light=no_light)
 
     airmass_hdr = float(airmass_from_altitude(axis_alt)) if axis_alt is not None and axis_alt > 0 else None
@@ -249,6 +249,15 @@ def make_exposure(survey: Survey, exposure: Exposure, *, no_light: bool = False)
     return result
 
 
+def _linear_gradient(rng, shape, amplitude: float) -> np.ndarray:
+    """1 + a linear ramp of the given peak-to-peak amplitude in a random direction."""
+    ny, nx = shape
+    direction = rng.uniform(0, 2 * np.pi)
+    ramp_x = (np.arange(nx) / nx - 0.5) * (amplitude * np.cos(direction))
+    ramp_y = (np.arange(ny) / ny - 0.5) * (amplitude * np.sin(direction))
+    return 1.0 + ramp_y[:, None] + ramp_x[None, :]
+
+
 def _cosmic_count(rng, survey: Survey, exptime: float) -> int:
     ny, nx = survey.shape
     area_cm2 = ny * nx * (survey.instrument.detector.pixel_size_um * 1e-4) ** 2
@@ -258,12 +267,8 @@ def _cosmic_count(rng, survey: Survey, exptime: float) -> int:
 def _flat(rng, survey: Survey, exposure: Exposure, tel: TelescopeModel, night: NightConditions, flat, truth, axis_alt):
     """A twilight flat on the field (dithered by ~2 arcmin between exposures), with a sky gradient."""
     inst = survey.instrument
-    ny, nx = survey.shape
     level_e = exposure.flat_level_adu * inst.detector.gain_e_per_adu
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    direction = rng.uniform(0, 2 * np.pi)
-    gradient = 1.0 + rng.uniform(0.01, 0.04) * ((xx / nx - 0.5) * np.cos(direction) + (yy / ny - 0.5) * np.sin(direction))
-    sky = level_e * gradient / float(np.mean(flat))
+    sky = level_e * _linear_gradient(rng, survey.shape, rng.uniform(0.01, 0.04)) / float(np.mean(flat))
     if exposure.bad_flat == "cloudy":
         sky *= 1.0 + 0.06 * render.smooth_random_field(rng, survey.shape, (6, 9))
     dither = rng.normal(0, 2.0, 2)
@@ -384,10 +389,7 @@ def _science(rng, survey: Survey, exposure: Exposure, tel: TelescopeModel, night
 
     sky_mag = sim.sky.dark_sky_mag_arcsec2[band] + night.sky_offset_mag
     sky_level = rate0 * 10 ** (-0.4 * (sky_mag + k)) * pixel_area * exposure.exptime * axis_airmass**0.6
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    direction = rng.uniform(0, 2 * np.pi)
-    sky = sky_level * (1.0 + rng.uniform(0.005, 0.02) * ((xx / nx - 0.5) * np.cos(direction) + (yy / ny - 0.5) * np.sin(direction)))
-    del yy, xx
+    sky = sky_level * _linear_gradient(rng, survey.shape, rng.uniform(0.005, 0.02))
     if cloudy:
         big = render.smooth_random_field(rng, survey.shape, (4, 6))
         sky *= 1.0 + 0.3 * float(cloud_map.mean()) * (1 + 0.3 * big)

@@ -98,7 +98,7 @@ def plan_night(
         clock += (exptime + 8.0) / 86400.0
 
     clock += 2 * _MINUTE
-    for k in range(cfg.darks_per_night):
+    for _ in range(cfg.darks_per_night):
         add("dark", clock, cfg.dark_exptime_s)
         clock += (cfg.dark_exptime_s + 3.0) / 86400.0
 
