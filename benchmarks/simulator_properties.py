@@ -87,7 +87,7 @@ def main() -> None:
             clean = (_static(paths, row.telescope, "ps_std") == 0) & (_static(paths, row.telescope, "bad_pixels") == 0)
             clean &= diagnostics.star_free_mask(image.shape, fs.x, fs.y, fs.flux_e, fs.fwhm_px)
             pulls.append(diagnostics.background_pull(image, bias=bias, flat=flat, sky_e=row.sky_e_per_pix, gain=g, read_noise_e=rn, row_noise_adu=0.8, clean=clean)[0])
-        geometry = FrameGeometry(row.axis_ra, row.axis_dec, row.axis_x, row.axis_y, row.rotation_deg, bool(row.mirrored), row.pixel_scale_arcsec, row.distortion_k1, row.distortion_k2, row.distortion_p1, row.distortion_p2, np.hypot(row.nx, row.ny) / 2, row.mjd, instrument.site.latitude_deg, instrument.site.longitude_deg)
+        geometry = FrameGeometry.from_truth(row, latitude_deg=instrument.site.latitude_deg, longitude_deg=instrument.site.longitude_deg)
         corner.append(geometry.corner_distortion_px(int(row.nx), int(row.ny)))
         cat = stars.set_index("star_id").reindex(fs.star_id)
         ok = cat.ra.notna().to_numpy()

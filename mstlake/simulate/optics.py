@@ -109,6 +109,18 @@ class FrameGeometry:
             dec = dec + (-j21 * ex + j11 * ey) / det
         return np.mod(ra, 360.0), dec
 
+    @classmethod
+    def from_truth(cls, row, *, latitude_deg: float, longitude_deg: float) -> "FrameGeometry":
+        """The true mapping of a science frame from its ``truth_frames`` row (a mapping or a
+        namedtuple/Series with those column names)."""
+        get = row.get if hasattr(row, "get") else lambda key: getattr(row, key)
+        return cls(
+            axis_ra=float(get("axis_ra")), axis_dec=float(get("axis_dec")), axis_x=float(get("axis_x")), axis_y=float(get("axis_y")),
+            rotation_deg=float(get("rotation_deg")), mirrored=bool(get("mirrored")), pixel_scale_arcsec=float(get("pixel_scale_arcsec")),
+            k1=float(get("distortion_k1")), k2=float(get("distortion_k2")), p1=float(get("distortion_p1")), p2=float(get("distortion_p2")),
+            norm_radius=float(np.hypot(get("nx"), get("ny")) / 2), mjd=float(get("mjd")), latitude_deg=latitude_deg, longitude_deg=longitude_deg,
+        )
+
     def corner_distortion_px(self, nx: int, ny: int) -> float:
         """Largest distortion displacement at the detector corners."""
         corners_x = np.array([0, nx - 1, 0, nx - 1], float) - self.axis_x

@@ -185,10 +185,7 @@ def test_distortion_reaches_about_a_pixel_at_the_corners(small_simulation):
     row = _science(paths)
     from mstlake.simulate.optics import FrameGeometry
 
-    geometry = FrameGeometry(
-        row.axis_ra, row.axis_dec, row.axis_x, row.axis_y, row.rotation_deg, bool(row.mirrored), row.pixel_scale_arcsec,
-        row.distortion_k1, row.distortion_k2, row.distortion_p1, row.distortion_p2, np.hypot(row.nx, row.ny) / 2, row.mjd, 40.3956, 117.575,
-    )
+    geometry = FrameGeometry.from_truth(row, latitude_deg=40.3956, longitude_deg=117.575)
     assert 0.8 < geometry.corner_distortion_px(int(row.nx), int(row.ny)) < 1.6
     stars = pq.read_table(paths.frame_stars(row.stem)).to_pandas()
     catalogue = pq.read_table(paths.stars).to_pandas().set_index("star_id").loc[stars.star_id]
