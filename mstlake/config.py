@@ -125,8 +125,36 @@ class InventoryConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    bias_clip_sigma: float
+    frame_reject_sigma: float
+    frame_noise_ratio_max: float
+    min_bias_frames: int
+    ps_std_threshold_adu: float
+    ps_groups: int
+    ps_min_frames: int
+    hot_sigma: float
+    dead_response_max: float
+    flat_min_level_fraction: float
+    flat_max_saturated_fraction: float
+    flat_max_patchiness: float
+    flat_max_star_fraction: float
+    flat_smoothing_px: int
+    flat_clip_sigma: float
+    flat_window_nights: int
+    flat_max_span_days: int
+
+    def __post_init__(self) -> None:
+        if self.ps_groups < 1 or self.ps_min_frames < 2 * self.ps_groups:
+            raise ConfigError("calibration.ps_min_frames must allow at least two frames per group")
+        if self.flat_smoothing_px < 3 or self.flat_smoothing_px % 2 == 0:
+            raise ConfigError("calibration.flat_smoothing_px must be an odd number >= 3")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     inventory: InventoryConfig
+    calibration: CalibrationConfig
 
 
 # --------------------------------------------------------------------------------------------------

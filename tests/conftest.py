@@ -56,3 +56,8 @@ def raw_image(paths: SimulationPaths, relative: str):
 
     with fits.open(Path(paths.raw) / relative) as hdul:
         return hdul[0].data.astype(float), hdul[0].header
+
+
+@pytest.fixture(scope="session")
+def pipeline_config():
+    return load_pipeline()
