@@ -143,6 +143,15 @@ class CalibrationConfig:
     flat_clip_sigma: float
     flat_window_nights: int
     flat_max_span_days: int
+    track_pixel_sigma: float
+    track_min_significance: float
+    track_half_width_px: float
+    track_mask_sigma: float
+    track_core_half_width_px: float
+    cosmic_min_snr: float
+    cosmic_significance: float
+    cosmic_grow_sigma: float
+    cosmic_lacosmic_objlim: float
 
     def __post_init__(self) -> None:
         if self.ps_groups < 1 or self.ps_min_frames < 2 * self.ps_groups:
