@@ -38,8 +38,8 @@ def main() -> None:
     """mstlake: the data lake and light-curve archive of the Mini-SiTian (MST) survey.
 
     Raw FITS frames go in (never modified); calibrated image cubes, HEALPix-partitioned catalogues
-    and SQL light curves come out. Stages available now: simulate, inventory. Start with
-    `mstlake demo`.
+    and SQL light curves come out. Stages available now: simulate, inventory, calibration. Start
+    with `mstlake demo`.
     """
 
 
@@ -107,11 +107,29 @@ def inventory(raw_dir, lake_dir, quiet, config_dir):
 def ingest(field_name, raw_dir, lake_dir, quiet, config_dir):
     """Run every pipeline stage that exists on a field's raw data.
 
-    Now: the inventory. Calibration, astrometry, photometry and the archive join as they land.
+    Now: the inventory, then calibration (master bias, pepper-and-salt map, bad pixels, flats over
+    +-5 nights, calibrated Zarr cubes with variance and masks). Astrometry, photometry and the
+    archive join as they land.
     """
     report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet)
     if not report.usable:
         sys.exit(1)
+
+
+@main.command("export-masters")
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
+@click.option("--telescope", required=True, help="MST1, MST2 or MST3.")
+@click.option("--night", required=True, type=int, help="Night YYYYMMDD.")
+def export_masters(lake_dir, telescope, night):
+    """Write a night's master calibration products as FITS files (for DS9 and astropy)."""
+    from mstlake.lake.cubes import export_masters_fits
+
+    lake = LakePaths(lake_dir)
+    masters = lake.masters(telescope, night)
+    if not masters.exists():
+        _fail(f"no masters for {telescope} night {night} in {lake_dir} (run `mstlake ingest` first)")
+    for path in export_masters_fits(masters, lake.masters_fits_dir(telescope, night), telescope=telescope, night=night):
+        console.print(str(path))
 
 
 @main.command()
@@ -140,7 +158,8 @@ def demo(out_dir, seed, quiet):
     console.rule("[bold]summary")
     console.print(
         f"{report.total_frames} frames in the lake at [cyan]{paths.lake.root}[/], {report.total_quarantined} files quarantined with reasons.\n"
-        f"Tables: [cyan]{paths.lake.frames_table}[/] and [cyan]{paths.lake.quarantine_table}[/] (Parquet; open with pyarrow, pandas or DuckDB).\n"
+        f"Tables: [cyan]{paths.lake.frames_table}[/], [cyan]{paths.lake.quarantine_table}[/], [cyan]{paths.lake.calibration_log_table}[/] (Parquet; pyarrow, pandas, DuckDB).\n"
+        f"Calibrated cubes (Zarr v3, open with xarray.open_zarr): [cyan]{paths.lake.root / 'cubes'}[/]; masters: [cyan]{paths.lake.root / 'masters'}[/].\n"
         f"Simulator truth: [cyan]{paths.simulation.truth}[/]."
     )
 
@@ -169,7 +188,28 @@ def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool):
     lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
     report = _inventory(raw, lake, config_dir, progress=progress)
     _print_inventory(report)
+    if report.usable:
+        _calibrate(lake, config_dir, progress=progress)
     return report
+
+
+def _calibrate(lake: LakePaths, config_dir, *, progress: bool):
+    from mstlake.pipeline.calibrate import CalibrationError, calibrate_nights
+
+    try:
+        results = calibrate_nights(lake, instrument=cfg.load_instrument(config_dir), cfg=cfg.load_pipeline(config_dir).calibration, progress=progress)
+    except (CalibrationError, cfg.ConfigError) as err:
+        _fail(f"calibration: {err}")
+    table = Table(title="calibration", show_edge=False)
+    for column in ("telescope", "night", "science", "failed", "rejected", "flats from", "PS map from"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.telescope, str(r.night), str(r.science), str(len(r.failed)), str(len(r.rejected)), f"{len(r.flat_nights)} nights", str(r.ps_night))
+    console.print(table)
+    for r in results:
+        for frame_id, reason in r.failed:
+            err_console.print(f"[yellow]frame {frame_id} ({r.telescope} {r.night}) failed calibration:[/] {escape(reason)}", soft_wrap=True)
+    return results
 
 
 def _print_simulation(summary, seconds: float) -> None:

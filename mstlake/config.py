@@ -152,8 +152,13 @@ class CalibrationConfig:
     cosmic_significance: float
     cosmic_grow_sigma: float
     cosmic_lacosmic_objlim: float
+    row_block: int
+    scheduler: str
+    workers: int
 
     def __post_init__(self) -> None:
+        if self.scheduler not in ("threads", "processes", "synchronous"):
+            raise ConfigError(f"calibration.scheduler must be threads, processes or synchronous, not {self.scheduler!r}")
         if self.ps_groups < 1 or self.ps_min_frames < 2 * self.ps_groups:
             raise ConfigError("calibration.ps_min_frames must allow at least two frames per group")
         if self.flat_smoothing_px < 3 or self.flat_smoothing_px % 2 == 0:

@@ -95,6 +95,24 @@ class LakePaths:
     def quarantine_table(self) -> Path:
         return self.table("quarantine")
 
+    @property
+    def calibration_log_table(self) -> Path:
+        return self.table("calibration_log")
+
+    def cube(self, field: str, band: str, night: int) -> Path:
+        """Calibrated frames of one field, band and night (Zarr v3)."""
+        return self.root / "cubes" / field / band / f"{night}.zarr"
+
+    def masters(self, telescope: str, night: int) -> Path:
+        return self.root / "masters" / telescope / f"{night}.zarr"
+
+    def masters_fits_dir(self, telescope: str, night: int) -> Path:
+        return self.root / "masters" / telescope / f"{night}_fits"
+
+    def staging(self, final: Path) -> Path:
+        """A sibling directory to build ``final`` in before swapping it into place."""
+        return final.with_name(f".{final.name}.staging")
+
 
 @dataclass(frozen=True)
 class SimulationPaths:

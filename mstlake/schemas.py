@@ -98,12 +98,50 @@ class TableSchema:
             raise SchemaError(f"table {self.name}: missing columns {missing}, unexpected columns {extra}")
 
 
+@dataclass(frozen=True)
+class CubeVariable:
+    name: str
+    dtype: str
+    unit: str
+    description: str
+
+
+@dataclass(frozen=True)
+class CubeSchema:
+    name: str
+    description: str
+    dims: tuple[str, ...]
+    chunk_px: int
+    variables: tuple[CubeVariable, ...]
+    coords: tuple[CubeVariable, ...] = ()
+
+    def variable(self, name: str) -> CubeVariable:
+        for v in self.variables + self.coords:
+            if v.name == name:
+                return v
+        raise SchemaError(f"cube {self.name} has no variable {name!r}")
+
+
+@functools.cache
+def load_cube_schema(name: str) -> CubeSchema:
+    path = schema_file(name)
+    data = read_toml(path)
+    if data.get("kind") != "cube":
+        raise SchemaError(f"{path} does not describe a cube")
+    return CubeSchema(
+        name=data["name"], description=data["description"], dims=tuple(data["dims"]), chunk_px=int(data["chunk_px"]),
+        variables=tuple(CubeVariable(**v) for v in data["variables"]), coords=tuple(CubeVariable(**v) for v in data.get("coords", [])),
+    )
+
+
 @functools.cache
 def load_schema(name: str) -> TableSchema:
     path = schema_file(name)
     if not path.is_file():
         raise SchemaError(f"no schema {name!r} ({path} does not exist; known: {schema_names()})")
     data = read_toml(path)
+    if data.get("kind") == "cube":
+        raise SchemaError(f"{name} is a cube schema: use load_cube_schema")
     columns = []
     for i, col in enumerate(data.get("columns", [])):
         if col.get("type") not in _ARROW_TYPES:

@@ -5,13 +5,35 @@ from mstlake.paths import schema_names
 from mstlake.schemas import SchemaError, load_schema
 
 
-@pytest.mark.parametrize("name", schema_names())
-def test_every_schema_loads_with_descriptions(name):
+def _is_cube(name):
+    from mstlake.config import read_toml
+    from mstlake.paths import schema_file
+
+    return read_toml(schema_file(name)).get("kind") == "cube"
+
+
+@pytest.mark.parametrize("name", [n for n in schema_names() if not _is_cube(n)])
+def test_every_table_schema_loads_with_descriptions(name):
     schema = load_schema(name)
     arrow = schema.arrow()
     assert len(arrow) == len(schema.columns) > 0
     assert all(field.metadata[b"description"] for field in arrow)
     assert set(schema.sort_by) <= set(schema.names)
+
+
+@pytest.mark.parametrize("name", [n for n in schema_names() if _is_cube(n)])
+def test_every_cube_schema_loads(name):
+    import numpy as np
+
+    from mstlake.schemas import load_cube_schema
+
+    cube = load_cube_schema(name)
+    assert cube.variables and cube.chunk_px > 0
+    for variable in cube.variables + cube.coords:
+        np.dtype(variable.dtype)
+        assert variable.description
+    with pytest.raises(SchemaError, match="cube schema"):
+        load_schema(name)
 
 
 def test_units_travel_as_field_metadata():

@@ -1,0 +1,349 @@
+"""Calibration (the paper's STIR) as one lazy Dask graph over a set of nights.
+
+For each telescope: master bias per night (row blocks over the night's bias frames), the
+pepper-and-salt map from the nearest night with a long bias series, hot pixels from the darks, a
+small-scale flat per night, combined over +-5 nights with flats; then every science frame is
+calibrated, masked (bad, saturated, PS, tracks, cosmic rays) and written into its night's Zarr cube.
+Nothing is computed while the graph is built. A science frame that fails is logged with its reason
+and the night goes on; cubes and masters are built aside and swapped into place when complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import numpy as np
+import pyarrow as pa
+import sep
+
+from mstlake.astro import night_to_mjd_local_noon
+from mstlake.calib import apply, bias, cosmics, flat, tracks
+from mstlake.calib.combine import clipped_mean, screen_frames
+from mstlake.config import CalibrationConfig, InstrumentConfig
+from mstlake.lake import cubes
+from mstlake.lake.rawfiles import read_frame, read_rows
+from mstlake.lake.tables import read_table, write_table_atomic
+from mstlake.paths import LakePaths
+from mstlake.pipeline.progress import dask_progress
+from mstlake.schemas import load_schema
+
+
+class CalibrationError(RuntimeError):
+    """Calibration of a night cannot proceed (no bias frames, no flats within reach)."""
+
+
+@dataclass
+class NightResult:
+    telescope: str
+    night: int
+    masters: Path
+    cubes: list[Path] = field(default_factory=list)
+    science: int = 0
+    science_ids: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)  # frame_id, kind, reason
+    flat_nights: list[int] = field(default_factory=list)
+    ps_night: int | None = None
+
+
+# -- graph pieces (each returns a Delayed) ---------------------------------------------------------
+
+
+def _row_blocks(ny: int, rows: int):
+    return [(y, min(y + rows, ny)) for y in range(0, ny, rows)]
+
+
+def _stack_block(paths, y0, y1):
+    return np.stack([read_rows(p, y0, y1) for p in paths]).astype(np.float32)
+
+
+def _bias_block(paths, keep, y0, y1, sigma):
+    kept = [p for p, k in zip(paths, keep) if k]
+    return clipped_mean(_stack_block(kept, y0, y1), sigma=sigma)[0]
+
+
+def _frame_stats(path):
+    return bias.frame_level_and_noise(read_frame(path))
+
+
+def master_bias_graph(paths: list[str], shape, cfg: CalibrationConfig):
+    stats = [dask.delayed(_frame_stats)(p) for p in paths]
+    screen = dask.delayed(lambda s: screen_frames([x[0] for x in s], [x[1] for x in s], reject_sigma=cfg.frame_reject_sigma, noise_ratio_max=cfg.frame_noise_ratio_max))(stats)
+    keep = dask.delayed(lambda sc: sc.keep)(screen)
+    blocks = [dask.delayed(_bias_block)(paths, keep, y0, y1, cfg.bias_clip_sigma) for y0, y1 in _row_blocks(shape[0], cfg.row_block)]
+    return dask.delayed(np.concatenate)(blocks, axis=0), screen
+
+
+def _ps_block(paths, y0, y1, threshold, groups):
+    result = bias.pepper_salt_map(_stack_block(paths, y0, y1), threshold_adu=threshold, groups=groups)
+    return result.mask, result.std
+
+
+def pepper_salt_graph(paths: list[str], shape, cfg: CalibrationConfig):
+    blocks = [dask.delayed(_ps_block, nout=2)(paths, y0, y1, cfg.ps_std_threshold_adu, cfg.ps_groups) for y0, y1 in _row_blocks(shape[0], cfg.row_block)]
+    mask = dask.delayed(np.concatenate)([b[0] for b in blocks], axis=0)
+    std = dask.delayed(np.concatenate)([b[1] for b in blocks], axis=0)
+    return mask, std
+
+
+def _hot_block(paths, master_block, y0, y1, sigma):
+    return bias.hot_pixels(_stack_block(paths, y0, y1), master_block, sigma=sigma)[0]
+
+
+def hot_graph(dark_paths: list[str], master, shape, cfg: CalibrationConfig):
+    # hot_pixels normalises each dark by its own robust spread: blocks are large enough for that
+    blocks = [dask.delayed(_hot_block)(dark_paths, master[y0:y1], y0, y1, cfg.hot_sigma) for y0, y1 in _row_blocks(shape[0], cfg.row_block)]
+    return dask.delayed(np.concatenate)(blocks, axis=0)
+
+
+def _prepare_flat(path, master, cfg: CalibrationConfig, saturation, gain):
+    return flat.prepare_flat(read_frame(path), master, size=cfg.flat_smoothing_px, saturation_adu=saturation, gain=gain)
+
+
+def _nightly_flat(prepared, night_mjd, cfg: CalibrationConfig, gain):
+    reasons = flat.decide_flats(prepared, cfg)
+    kept = [p for p, why in zip(prepared, reasons) if why is None]
+    if not kept:
+        return None, reasons
+    levels = [p.level_adu for p in kept]
+    master = flat.combine_small_scale(np.stack([p.small for p in kept]), levels, gain=gain, clip_sigma=cfg.flat_clip_sigma)
+    master /= np.float32(np.median(master))
+    return flat.NightlyFlat(night_mjd, master, len(kept), float(np.sum(levels) * gain)), reasons
+
+
+def _combine_flats(target_mjd, nightly, cfg: CalibrationConfig):
+    usable = [n for n, _ in nightly if n is not None]
+    if not usable:
+        raise CalibrationError("no usable twilight flat within reach of this night")
+    return flat.combine_nights(target_mjd, usable, window_nights=cfg.flat_window_nights, max_span_days=cfg.flat_max_span_days)
+
+
+def _calibrate_science(path, index, staging, masters, cfg: CalibrationConfig, instrument: InstrumentConfig):
+    """One science frame, start to finish; returns (index, None) or (index, reason)."""
+    try:
+        det = instrument.detector
+        raw = read_frame(path)
+        master, bias_std, ps, bad, small = masters
+        image, variance = apply.calibrate(raw, master_bias=master, flat=small, bias_std=bias_std, gain=det.gain_e_per_adu)
+        mask = apply.static_mask(raw, bad=bad > 0, pepper_salt=ps, saturation_adu=det.saturation_adu)
+        known_bad = mask > 0
+        background = sep.Background(image, mask=known_bad)
+        back, rms = background.back(), background.globalrms
+        stars = tracks.compact_source_mask(image - back, rms, mask=known_bad)
+        found = tracks.find_tracks(image, background=back, background_rms=rms, exclude=stars | known_bad, pixel_sigma=cfg.track_pixel_sigma, min_significance=cfg.track_min_significance)
+        track_pixels = tracks.track_mask(image, found, background=back, background_rms=rms, known_bad=known_bad, half_width=cfg.track_half_width_px, sigma=cfg.track_mask_sigma, core_half_width=cfg.track_core_half_width_px)
+        mask[track_pixels] |= apply.TRACK
+        fwhm = _sharpest_fwhm(image - back, rms, known_bad | track_pixels)
+        hits = cosmics.cosmic_ray_mask(
+            image, variance, back, known_bad=known_bad | track_pixels, fwhm_px=fwhm, gain=det.gain_e_per_adu, read_noise_e=det.read_noise_e,
+            saturation_adu=det.saturation_adu, min_snr=cfg.cosmic_min_snr, significance=cfg.cosmic_significance, grow_sigma=cfg.cosmic_grow_sigma,
+            lacosmic_objlim=cfg.cosmic_lacosmic_objlim,
+        )
+        mask[hits] |= apply.COSMIC_RAY
+        stored, _ = cubes.quantise(image, rms)
+        cubes.write_frame(staging, index, image=stored, variance=variance, mask=mask)
+        return index, None, {"tracks": len(found), "cosmic_ray_pixels": int(hits.sum()), "fwhm_px": fwhm}
+    except Exception as err:  # a frame's failure is recorded, the night goes on
+        return index, f"{type(err).__name__}: {err}", {"traceback": traceback.format_exc(limit=3)}
+
+
+def _sharpest_fwhm(residual, rms, exclude) -> float:
+    """A low percentile of the stars' FWHM: the sharpest PSF on the frame, with room for noise."""
+    objects = sep.extract(np.ascontiguousarray(residual, dtype=np.float32), 10.0, err=rms, mask=exclude, minarea=5)
+    good = objects[(objects["flag"] == 0) & (objects["peak"] < 0.5 * np.nanmax(residual))]
+    if len(good) < 5:
+        return 2.0
+    radius, _ = sep.flux_radius(np.ascontiguousarray(residual, dtype=np.float32), good["x"], good["y"], 6.0 * good["a"], 0.5, normflux=good["flux"], subpix=5)
+    fwhm = 2.0 * radius
+    return float(max(np.percentile(fwhm[np.isfinite(fwhm)], 10) * 0.9, 1.2))
+
+
+# -- orchestration ---------------------------------------------------------------------------------
+
+
+def _nearest(nights_with, night):
+    return min(nights_with, key=lambda n: (abs(night_to_mjd_local_noon(n, 0) - night_to_mjd_local_noon(night, 0)), n))
+
+
+def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[int] | None, *, instrument: InstrumentConfig, cfg: CalibrationConfig) -> list:
+    """The graph for one telescope's nights: a list of (result, staged cubes, extras)."""
+    det = instrument.detector
+    gain, saturation = det.gain_e_per_adu, det.saturation_adu
+    offset = instrument.site.utc_offset_hours
+    graph = []
+    shape = (int(tel_frames.naxis2.iloc[0]), int(tel_frames.naxis1.iloc[0]))
+    by_kind = {k: g.sort_values("mjd") for k, g in tel_frames.groupby("type")}
+    science = by_kind.get("science")
+    if science is None:
+        return []
+    wanted = sorted(set(science.night)) if nights is None else [n for n in nights if n in set(science.night)]
+    if not wanted:
+        return []
+    biases = by_kind.get("bias")
+    if biases is None:
+        raise CalibrationError(f"{telescope}: no bias frames at all")
+    bias_nights = sorted(set(biases.night))
+    counts = biases.groupby("night").size()
+    series_nights = sorted(counts[counts >= cfg.ps_min_frames].index)
+    if not series_nights:
+        raise CalibrationError(f"{telescope}: no night has a series of >= {cfg.ps_min_frames} bias frames for the pepper-and-salt map")
+
+    master_cache, ps_cache, nightly_cache = {}, {}, {}
+
+    def master_for(night):
+        source = night if counts.get(night, 0) >= cfg.min_bias_frames else _nearest([n for n in bias_nights if counts[n] >= cfg.min_bias_frames], night)
+        if source not in master_cache:
+            paths = biases[biases.night == source].path.tolist()
+            master_cache[source] = (*master_bias_graph(paths, shape, cfg), source, biases[biases.night == source].frame_id.tolist())
+        return master_cache[source]
+
+    def ps_for(night):
+        source = _nearest(series_nights, night)
+        if source not in ps_cache:
+            paths = biases[biases.night == source].path.tolist()
+            ps_cache[source] = (*pepper_salt_graph(paths, shape, cfg), source)
+        return ps_cache[source]
+
+    flats = by_kind.get("flat")
+    flat_nights = sorted(set(flats.night)) if flats is not None else []
+
+    def nightly_for(night):
+        if night not in nightly_cache:
+            master = master_for(night)[0]
+            rows = flats[flats.night == night]
+            prepared = [dask.delayed(_prepare_flat)(p, master, cfg, saturation, gain) for p in rows.path]
+            nightly_cache[night] = (dask.delayed(_nightly_flat, nout=2)(prepared, night_to_mjd_local_noon(night, offset), cfg, gain), rows.frame_id.tolist())
+        return nightly_cache[night]
+
+    darks = by_kind.get("dark")
+    for night in wanted:
+        result = NightResult(telescope=telescope, night=night, masters=lake.masters(telescope, night))
+        master, screen, bias_source, bias_ids = master_for(night)
+        ps_mask, bias_std, ps_source = ps_for(night)
+        result.ps_night = ps_source
+        if darks is not None and len(darks):
+            dark_night = _nearest(sorted(set(darks.night)), night)
+            hot = hot_graph(darks[darks.night == dark_night].path.tolist(), master, shape, cfg)
+        else:
+            hot = dask.delayed(np.zeros)(shape, bool)
+        if not flat_nights:
+            raise CalibrationError(f"{telescope}: no twilight flats at all")
+        target = night_to_mjd_local_noon(night, offset)
+        chosen = flat.choose_nights(target, [flat.NightlyFlat(night_to_mjd_local_noon(n, offset), None, 0, 1.0) for n in flat_nights], window_nights=cfg.flat_window_nights, max_span_days=cfg.flat_max_span_days)
+        chosen_nights = [n for n in flat_nights if night_to_mjd_local_noon(n, offset) in {c.night_mjd for c in chosen}]
+        result.flat_nights = chosen_nights
+        nightly = [nightly_for(n) for n in chosen_nights]
+        combined = dask.delayed(_combine_flats, nout=2)(target, [n[0] for n in nightly], cfg)
+        small = combined[0]
+        bad = dask.delayed(_bad_pixels)(hot, ps_mask, small, cfg.dead_response_max)
+        masters = dask.delayed(tuple)([master, bias_std, ps_mask, bad, small])
+
+        sci = science[science.night == night]
+        staged = []
+        for fld, rows in sci.groupby(sci.field.fillna("nofield")):
+            final = lake.cube(fld, instrument.telescopes[telescope].band, night)
+            staging = lake.staging(final)
+            coords = {"frame_id": rows.frame_id.to_numpy(), "mjd": rows.mjd.to_numpy(), "exptime": rows.exptime.to_numpy(), "airmass": rows.airmass.fillna(np.nan).to_numpy()}
+            layout = dask.delayed(cubes.create_cube)(staging, shape=shape, coords=coords, provenance={"telescope": telescope, "night": night, "field": fld, "frames": rows.path.tolist()})
+            tasks = [dask.delayed(_after)(layout, dask.delayed(_calibrate_science)(p, i, staging, masters, cfg, instrument, dask_key_name=f"calibrate-science-{telescope}-{night}-{fld}-{i}")) for i, p in enumerate(rows.path)]
+            staged.append((final, staging, rows.frame_id.tolist(), tasks))
+        provenance = {
+            "telescope": telescope, "night": night, "bias_night": bias_source, "bias_frames": bias_ids, "pepper_salt_series_night": ps_source,
+            "flat_nights": chosen_nights, "parameters": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        }
+        graph.append((result, staged, dict(screen=screen, nightly=[n[0] for n in nightly], nightly_ids=[n[1] for n in nightly], master=master, bias_std=bias_std, ps=ps_mask, bad=bad, small=small, provenance=provenance)))
+    return graph
+
+
+def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telescopes: list[str] | None = None, instrument: InstrumentConfig, cfg: CalibrationConfig, progress: bool = True) -> list[NightResult]:
+    frames = read_table(lake.frames_table, load_schema("frames")).to_pandas()
+    frames = frames[frames.status == "ok"]
+    if frames.empty:
+        raise CalibrationError(f"the lake at {lake.root} has no frames: run the inventory first")
+    results: list[NightResult] = []
+    graph = []  # (result, staged cubes, extras) to compute together
+
+    for telescope, tel_frames in frames.groupby("telescope"):
+        if telescopes and telescope not in telescopes:
+            continue
+        planned = _plan_telescope(lake, telescope, tel_frames, nights, instrument=instrument, cfg=cfg)
+        graph += planned
+        results += [entry[0] for entry in planned]
+
+    total = sum(len(t) for _, staged, _ in graph for *_, t in staged)
+    to_compute = [(staged_tasks, extras) for _, staged, extras in graph for staged_tasks in [[t for *_, t in staged]]]
+    with dask_progress("calibrating science frames", total, key_prefix="calibrate-science", enabled=progress):
+        computed = dask.compute(to_compute, scheduler=cfg.scheduler, num_workers=cfg.workers)[0]
+
+    now = dt.datetime.now(dt.UTC)
+    log_rows: dict[int, dict] = {}
+    for (result, staged, _), (task_results, extras) in zip(graph, computed):
+        for (final, staging, ids, _), outcomes in zip(staged, task_results):
+            for index, reason, _info in outcomes:
+                if reason is not None:
+                    result.failed.append((ids[index], reason))
+            cubes.commit(staging, final)
+            result.cubes.append(final)
+            result.science += len(ids)
+            result.science_ids += ids
+        prov = extras["provenance"]
+        prov["bias_rejected"] = {str(prov["bias_frames"][i]): why for i, why in extras["screen"].reasons.items()}
+        flat_rejected = {}
+        for (_, reasons), ids in zip(extras["nightly"], extras["nightly_ids"]):
+            for fid, why in zip(ids, reasons):
+                if why is not None:
+                    flat_rejected[str(fid)] = why
+                    result.rejected.append((fid, "flat", why))
+        prov["flat_rejected"] = flat_rejected
+        for fid, why in prov["bias_rejected"].items():
+            result.rejected.append((int(fid), "bias", why))
+        arrays = {"master_bias": extras["master"], "bias_std": extras["bias_std"], "pepper_salt": extras["ps"], "bad": extras["bad"], "small_flat": extras["small"]}
+        cubes.write_masters(result.masters, lake.staging(result.masters), arrays, prov)
+        for fid, kind, why in result.rejected:
+            log_rows[fid] = {"telescope": result.telescope, "frame_id": fid, "kind": kind, "decision": "rejected", "reason": why, "recorded_at": now}
+        failed_ids = dict(result.failed)
+        for fid in result.science_ids:
+            log_rows[fid] = {"telescope": result.telescope, "frame_id": fid, "kind": "science", "decision": "failed" if fid in failed_ids else "used", "reason": failed_ids.get(fid), "recorded_at": now}
+    # each frame is logged once, under its own night
+    night_of, mjd_of = dict(zip(frames.frame_id, frames.night)), dict(zip(frames.frame_id, frames.mjd))
+    rows = [{**row, "night": int(night_of[fid]), "mjd": float(mjd_of[fid])} for fid, row in log_rows.items()]
+    _write_log(lake, results, rows)
+    _mark_failed(lake, results)
+    return results
+
+
+def _after(_layout, outcome):
+    return outcome
+
+
+def _bad_pixels(hot, ps, small, dead_max):
+    bad = np.zeros(small.shape, np.uint8)
+    bad[hot & ~ps] = 1  # a pepper-and-salt pixel is already flagged as such
+    bad[small < dead_max] = 2
+    return bad
+
+
+def _write_log(lake: LakePaths, results: list[NightResult], rows: list[dict]) -> None:
+    """Replace what the log said about these frames (a re-run supersedes the earlier verdict)."""
+    schema = load_schema("calibration_log")
+    existing = read_table(lake.calibration_log_table, schema)
+    redone = {row["frame_id"] for row in rows} | {fid for r in results for fid in r.science_ids}
+    if existing.num_rows:
+        existing = existing.filter(pa.array([fid not in redone for fid in existing.column("frame_id").to_pylist()]))
+    write_table_atomic(pa.concat_tables([existing, schema.from_rows(rows)]), lake.calibration_log_table, schema)
+
+
+def _mark_failed(lake: LakePaths, results: list[NightResult]) -> None:
+    failed = {fid: why for r in results for fid, why in r.failed}
+    if not failed:
+        return
+    schema = load_schema("frames")
+    table = read_table(lake.frames_table, schema)
+    ids = table.column("frame_id").to_pylist()
+    status = [f"failed: calibration: {failed[i]}" if i in failed else s for i, s in zip(ids, table.column("status").to_pylist())]
+    table = table.set_column(table.column_names.index("status"), "status", pa.array(status))
+    write_table_atomic(table, lake.frames_table, schema)

@@ -1,0 +1,136 @@
+"""The calibration graph end to end on a simulated night."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from astropy.io import fits
+
+from mstlake.calib import apply
+from mstlake.calib.flat import large_scale
+from mstlake.lake import cubes
+from mstlake.lake.rawfiles import read_frame
+from mstlake.paths import LakePaths
+from mstlake.pipeline.calibrate import calibrate_nights
+from mstlake.pipeline.inventory import run_inventory
+from mstlake.schemas import load_cube_schema
+from tests.conftest import read_truth_frames
+
+
+@pytest.fixture(scope="module")
+def calibrated(small_simulation, tmp_path_factory, instrument, fields, pipeline_config):
+    paths, _ = small_simulation
+    lake = LakePaths(tmp_path_factory.mktemp("lake"))
+    run_inventory(paths.raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
+    results = calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False)
+    return paths, lake, results
+
+
+def test_one_cube_per_field_band_night_in_the_schema(calibrated):
+    paths, lake, results = calibrated
+    frames = pq.read_table(lake.frames_table).to_pandas()
+    science = frames[frames.type == "science"]
+    assert {(r.telescope, r.night) for r in results} == set(zip(science.telescope, science.night))
+    schema = load_cube_schema("cube_calibrated")
+    for r in results:
+        assert not r.failed and len(r.cubes) == 1
+        ds = cubes.open_store(r.cubes[0])
+        assert ds.image.dims == schema.dims
+        assert {v.name: str(ds[v.name].dtype) for v in schema.variables} == {v.name: v.dtype for v in schema.variables}
+        mine = science[(science.telescope == r.telescope) & (science.night == r.night)]
+        assert sorted(ds.frame_id.values.tolist()) == sorted(mine.frame_id.tolist())
+        assert ds.image.encoding["shards"][0] == 1  # one frame per shard
+        assert cubes.provenance(ds)["telescope"] == r.telescope
+
+
+def test_calibrated_pixels_against_truth(calibrated, instrument):
+    paths, lake, results = calibrated
+    frames = pq.read_table(lake.frames_table).to_pandas().set_index("frame_id")
+    truth = read_truth_frames(paths).set_index("file")
+    g = instrument.detector.gain_e_per_adu
+    for r in results:
+        ds = cubes.open_store(r.cubes[0])
+        masters = cubes.open_store(r.masters)
+        true_flat = fits.getdata(paths.nightly_flat(r.telescope, r.night)).astype(np.float32)
+        vignetting = large_scale(true_flat, 51)
+        for i, frame_id in enumerate(ds.frame_id.values):
+            path = frames.loc[frame_id, "path"]
+            raw = read_frame(path)
+            image, variance, mask = (ds[v][i].values for v in ("image", "variance", "mask"))
+            # saturation bit is exact; PS bit is the master's map
+            assert np.array_equal((mask & apply.SATURATED) > 0, raw > instrument.detector.saturation_adu)
+            assert np.array_equal((mask & apply.PEPPER_SALT) > 0, masters.pepper_salt.values > 0)
+            row = truth.loc[str(Path(path).relative_to(paths.raw.resolve()))]
+            clean = (mask == 0)
+            sky = row.sky_e_per_pix / g * vignetting
+            ratio = np.median((image / sky)[clean])
+            assert ratio == pytest.approx(1.0, abs=0.02)  # faint stars lift it a little
+            pull = ((image - sky) / np.sqrt(variance))[clean]
+            robust = 1.4826 * np.median(np.abs(pull - np.median(pull)))
+            assert robust == pytest.approx(1.0, abs=0.08)
+
+
+def test_rejected_flats_are_logged_with_reasons(calibrated):
+    paths, lake, _ = calibrated
+    log = pq.read_table(lake.calibration_log_table).to_pandas()
+    frames = pq.read_table(lake.frames_table).to_pandas().set_index("frame_id")
+    truth = read_truth_frames(paths).set_index("file")
+    rejected = log[(log.kind == "flat") & (log.decision == "rejected")]
+    bad_truth = {f for f, b in truth.bad_flat.dropna().items()}
+    logged = {str(Path(frames.loc[fid, "path"]).relative_to(paths.raw.resolve())) for fid in rejected.frame_id}
+    assert logged == bad_truth
+    assert rejected.reason.str.len().min() > 15
+    assert (log[log.kind == "science"].decision == "used").all()
+
+
+def test_masters_export_to_fits(calibrated):
+    _, lake, results = calibrated
+    r = results[0]
+    written = cubes.export_masters_fits(r.masters, lake.masters_fits_dir(r.telescope, r.night), telescope=r.telescope, night=r.night)
+    names = {p.name for p in written}
+    assert f"{r.telescope}_{r.night}_small_flat.fits" in names and f"{r.telescope}_{r.night}_master_bias.fits" in names
+    with fits.open(lake.masters_fits_dir(r.telescope, r.night) / f"{r.telescope}_{r.night}_small_flat.fits") as hdul:
+        assert hdul[0].header["TELESCOP"] == r.telescope and hdul[0].header["NIGHT"] == r.night
+        assert abs(np.median(hdul[0].data) - 1) < 1e-3
+
+
+def test_rerun_gives_identical_cubes(calibrated, instrument, pipeline_config):
+    _, lake, results = calibrated
+    before = {r.cubes[0]: cubes.open_store(r.cubes[0]).image.values.copy() for r in results}
+    calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False)
+    for path, image in before.items():
+        assert np.array_equal(cubes.open_store(path).image.values, image)
+        assert not lake.staging(path).exists()
+
+
+def test_a_failing_frame_is_recorded_and_the_night_goes_on(small_simulation, tmp_path, instrument, fields, pipeline_config):
+    paths, _ = small_simulation
+    raw = tmp_path / "raw"
+    shutil.copytree(paths.raw, raw)
+    lake = LakePaths(tmp_path / "lake")
+    run_inventory(raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
+    frames = pq.read_table(lake.frames_table).to_pandas()
+    victim = frames[(frames.type == "science") & (frames.telescope == "MST2")].iloc[0]
+    Path(victim.path).write_bytes(Path(victim.path).read_bytes()[:5000])  # damaged after the inventory (our own copy)
+    results = calibrate_nights(lake, telescopes=["MST2"], instrument=instrument, cfg=pipeline_config.calibration, progress=False)
+    (result,) = results
+    assert [fid for fid, _ in result.failed] == [victim.frame_id]
+    assert result.science == (frames[(frames.type == "science") & (frames.telescope == "MST2")]).shape[0]
+    status = pq.read_table(lake.frames_table).to_pandas().set_index("frame_id").status
+    assert status[victim.frame_id].startswith("failed: calibration:")
+    log = pq.read_table(lake.calibration_log_table).to_pandas()
+    assert (log.set_index("frame_id").decision[victim.frame_id]) == "failed"
+
+
+def test_quantisation_error_is_a_small_fraction_of_the_noise():
+    rng = np.random.default_rng(5)
+    image = rng.normal(300, 10, (200, 200)).astype(np.float32)
+    stored, step = cubes.quantise(image, 10.0)
+    error = stored - image
+    assert step == pytest.approx(10 / 16)
+    assert np.std(error) == pytest.approx(step / np.sqrt(12), rel=0.05)
+    assert np.std(error) / 10 < 0.02
