@@ -155,6 +155,7 @@ class CalibrationConfig:
     row_block: int
     scheduler: str
     workers: int
+    subtract_dark: bool
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("threads", "processes", "synchronous"):

@@ -134,18 +134,31 @@ class NightlyFlat:
     electrons_per_pixel: float  # summed over the flats used: sets its noise
 
 
-def nightly_flat(raws, master_bias: np.ndarray, *, night_mjd: float, cfg: CalibrationConfig, saturation_adu: float, gain: float) -> tuple[NightlyFlat, list[str | None]]:
-    """One night's master small-scale flat from its raw twilight flats (in memory), and the reason
-    each rejected flat was rejected."""
-    prepared = [prepare_flat(raw, master_bias, size=cfg.flat_smoothing_px, saturation_adu=saturation_adu, gain=gain) for raw in raws]
+def nightly_flat_from_prepared(prepared: list[PreparedFlat], *, night_mjd: float, cfg: CalibrationConfig, gain: float) -> tuple[NightlyFlat | None, list[str | None]]:
+    """One night's master small-scale flat from its prepared flats (None if every flat was
+    rejected), and the reason each rejected flat was rejected. Combined in blocks of rows: a stack
+    of 20 full-size frames at once would need ~20 GB."""
     reasons = decide_flats(prepared, cfg)
     kept = [p for p, why in zip(prepared, reasons) if why is None]
     if not kept:
-        raise ValueError("every flat of the night was rejected")
+        return None, reasons
     levels = [p.level_adu for p in kept]
-    master = combine_small_scale(np.stack([p.small for p in kept]), levels, gain=gain, clip_sigma=cfg.flat_clip_sigma)
-    master /= np.float32(np.median(master))
+    ny = kept[0].small.shape[0]
+    master = np.empty(kept[0].small.shape, np.float32)
+    for y0 in range(0, ny, cfg.row_block):
+        y1 = min(y0 + cfg.row_block, ny)
+        master[y0:y1] = combine_small_scale(np.stack([p.small[y0:y1] for p in kept]), levels, gain=gain, clip_sigma=cfg.flat_clip_sigma)
+    master /= np.float32(np.median(master[::4, ::4]))
     return NightlyFlat(night_mjd, master, len(kept), float(np.sum(levels) * gain)), reasons
+
+
+def nightly_flat(raws, master_bias: np.ndarray, *, night_mjd: float, cfg: CalibrationConfig, saturation_adu: float, gain: float) -> tuple[NightlyFlat, list[str | None]]:
+    """One night's master small-scale flat from its raw twilight flats (in memory)."""
+    prepared = [prepare_flat(raw, master_bias, size=cfg.flat_smoothing_px, saturation_adu=saturation_adu, gain=gain) for raw in raws]
+    result, reasons = nightly_flat_from_prepared(prepared, night_mjd=night_mjd, cfg=cfg, gain=gain)
+    if result is None:
+        raise ValueError("every flat of the night was rejected")
+    return result, reasons
 
 
 def choose_nights(target_mjd: float, nightly: list[NightlyFlat], *, window_nights: int, max_span_days: float) -> list[NightlyFlat]:

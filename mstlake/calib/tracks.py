@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import sep
 from scipy import ndimage
 from skimage.transform import hough_line
 
@@ -28,104 +27,154 @@ class Track:
     length_px: float
 
 
-def chord_lengths(shape: tuple[int, int], angles: np.ndarray, distances: np.ndarray) -> np.ndarray:
-    """Length of each line x cos(a) + y sin(a) = d inside a [0, nx] x [0, ny] rectangle, for every
-    (distance, angle) pair: what the Hough accumulator of an all-ones image would hold."""
-    ny, nx = shape
-    c, s = np.cos(angles)[None, :], np.sin(angles)[None, :]
-    d = distances[:, None]
-    # points: (d c - t s, d s + t c); solve the four edge constraints for t
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tx0, tx1 = (d * c - 0) / s, (d * c - nx) / s
-        ty0, ty1 = (0 - d * s) / c, (ny - d * s) / c
-    lo = np.maximum(np.where(np.abs(s) > 1e-12, np.minimum(tx0, tx1), -np.inf), np.where(np.abs(c) > 1e-12, np.minimum(ty0, ty1), -np.inf))
-    hi = np.minimum(np.where(np.abs(s) > 1e-12, np.maximum(tx0, tx1), np.inf), np.where(np.abs(c) > 1e-12, np.maximum(ty0, ty1), np.inf))
-    inside_x = (np.abs(s) > 1e-12) | ((d * c >= 0) & (d * c <= nx))
-    inside_y = (np.abs(c) > 1e-12) | ((d * s >= 0) & (d * s <= ny))
-    return np.where(inside_x & inside_y, np.clip(hi - lo, 0, None), 0.0)
-
-
-def compact_source_mask(image: np.ndarray, background_rms: float, *, mask: np.ndarray | None = None, max_elongation: float = 3.0, thresh: float = 3.0) -> np.ndarray:
-    """Pixels of stars and other compact sources (elongated detections, i.e. track pieces, are left
-    out so the track survives)."""
-    data = np.ascontiguousarray(image, dtype=np.float32)
-    objects, segmentation = sep.extract(data, thresh, err=background_rms, mask=mask, segmentation_map=True, deblend_cont=1.0, minarea=5)
-    compact = np.flatnonzero(objects["a"] <= max_elongation * np.maximum(objects["b"], 0.5)) + 1
-    stars = np.isin(segmentation, compact)
-    return ndimage.binary_dilation(stars, iterations=3)
-
-
-def find_tracks(image: np.ndarray, *, background: np.ndarray, background_rms: float, exclude: np.ndarray, pixel_sigma: float = 1.5, min_significance: float = 10.0, max_tracks: int = 10) -> list[Track]:
-    """Straight tracks in a calibrated image. ``exclude``: pixels to ignore (stars, bad pixels).
-
-    One line at a time: take the most significant Hough peak, refine it, remove its pixels, repeat
-    (a wide or glinting track would otherwise leave side peaks that look like more tracks)."""
+def compact_source_mask(image: np.ndarray, background_rms: float, *, mask: np.ndarray | None = None, max_elongation: float = 3.0, thresh: float = 3.0, minarea: int = 3, bin_factor: int = 2) -> np.ndarray:
+    """Pixels of stars and other compact sources; elongated ones (track pieces) are left out so a
+    track survives. Connected pixels above ``thresh`` sigma on a ``bin_factor``-binned image, kept
+    when their second moments are round enough (axis ratio <= ``max_elongation``). The mask only has
+    to cover stars, so the binned image loses nothing, and this is far quicker than a full source
+    extraction on a 60-Mpx frame."""
     ny, nx = image.shape
+    f = bin_factor
+    by, bx = ny // f, nx // f
+    data = np.asarray(image[: f * by, : f * bx], dtype=np.float32).reshape(by, f, bx, f).mean(axis=(1, 3))
+    above = data > thresh * background_rms / f
+    if mask is not None:
+        above &= ~mask[: f * by, : f * bx].reshape(by, f, bx, f).all(axis=(1, 3))
+    labels, n = ndimage.label(above, structure=np.ones((3, 3), bool))
+    full = np.zeros((ny, nx), bool)
+    if n == 0:
+        return full
+    rows, cols = np.nonzero(labels)
+    lab = labels[rows, cols]
+    count = np.bincount(lab, minlength=n + 1).astype(float)
+    safe = np.maximum(count, 1)
+    mx, my = np.bincount(lab, cols, n + 1) / safe, np.bincount(lab, rows, n + 1) / safe
+    sxx = np.bincount(lab, cols * cols, n + 1) / safe - mx**2
+    syy = np.bincount(lab, rows * rows, n + 1) / safe - my**2
+    sxy = np.bincount(lab, cols * rows, n + 1) / safe - mx * my
+    half_trace, root = (sxx + syy) / 2, np.sqrt(np.maximum(((sxx - syy) / 2) ** 2 + sxy**2, 0))
+    major, minor = np.sqrt(np.maximum(half_trace + root, 0)), np.sqrt(np.maximum(half_trace - root, 0))
+    compact = (count >= minarea) & (major <= max_elongation * np.maximum(minor, 0.5))
+    compact[0] = False
+    stars = ndimage.binary_dilation(compact[labels], iterations=2)
+    full[: f * by, : f * bx] = np.broadcast_to(stars[:, None, :, None], (by, f, bx, f)).reshape(f * by, f * bx)
+    return full
+
+
+def binning_factor(shape: tuple[int, int], target_pixels: float = 4e6) -> int:
+    return max(2, int(np.ceil(np.sqrt(shape[0] * shape[1] / target_pixels))))
+
+
+def find_tracks(image: np.ndarray, *, background: np.ndarray, noise, exclude: np.ndarray, pixel_sigma: float = 2.0, min_significance: float = 10.0, max_tracks: int = 10, seed: int = 0) -> list[Track]:
+    """Straight tracks in a calibrated image. ``noise``: each pixel's standard deviation (the
+    square root of the variance plane; a single number will do for uniform noise, but the sky
+    noise of a vignetted field varies by ~10%, and lines through its noisier parts would then
+    collect more noise pixels). ``exclude``: pixels to ignore (stars, bad pixels).
+
+    The count a Hough cell would hold from noise alone is measured, not modelled: the transform of a
+    fixed random quarter of the usable pixels reproduces the discreteness of the transform (at 45
+    degrees integer distance bins alternately hold one and two pixel diagonals) and every masked
+    region. One line at a time: take the most significant cell, refine the line on its pixels,
+    remove them, repeat."""
+    ny, nx = image.shape
+    # the paper bins by 2; a track narrower than a bin has the same S/N per binned pixel whatever the
+    # bin, so larger frames are binned more (to ~4 Mpx) to keep the transform fast
+    f = binning_factor(image.shape)
     residual = np.where(exclude, 0.0, image - background)
-    by, bx = ny // 2, nx // 2
-    binned = residual[: 2 * by, : 2 * bx].reshape(by, 2, bx, 2).mean(axis=(1, 3))
-    usable = ~exclude[: 2 * by, : 2 * bx].reshape(by, 2, bx, 2).any(axis=(1, 3))
-    hot = (binned > pixel_sigma * background_rms / 2.0) & usable
+    by, bx = ny // f, nx // f
+    binned = residual[: f * by, : f * bx].reshape(by, f, bx, f).mean(axis=(1, 3))
+    usable = ~exclude[: f * by, : f * bx].reshape(by, f, bx, f).any(axis=(1, 3))
+    noise = np.broadcast_to(np.asarray(noise, dtype=np.float32), image.shape)
+    binned_noise = np.sqrt((noise[: f * by, : f * bx] ** 2).reshape(by, f, bx, f).mean(axis=(1, 3))) / f
+    hot = (binned > pixel_sigma * binned_noise) & usable
     p = max(hot.sum() / max(usable.sum(), 1), 1e-6)
+    sample_fraction = 0.25
+    sample = usable & (np.random.default_rng(seed).random(usable.shape) < sample_fraction)
+    reference, _, _ = hough_line(sample, theta=_ANGLES)
+    expected = reference / sample_fraction
     rows, cols = np.ogrid[0:by, 0:bx]
     tracks: list[Track] = []
-    expected = None
     for _ in range(max_tracks):
         accumulator, angles, distances = hough_line(hot, theta=_ANGLES)
-        if expected is None:
-            expected = chord_lengths((by, bx), angles, distances) * (usable.sum() / usable.size)
-        z = np.where(expected > 20, (accumulator - p * expected) / np.sqrt(np.maximum(p * (1 - p) * expected, 1.0)), 0.0)
+        z = np.where(expected > 300 / f, (accumulator - p * expected) / np.sqrt(np.maximum(p * (1 - p) * expected, 1.0)), 0.0)
         i, j = np.unravel_index(np.argmax(z), z.shape)
         if z[i, j] < min_significance:
             break
         angle, distance = _refine(hot, angles[j], distances[i])
-        tracks.append(Track(angle=angle, distance=2 * distance + (np.cos(angle) + np.sin(angle)) * 0.5, significance=float(z[i, j]), length_px=2 * float(expected[i, j])))
-        hot &= np.abs(cols * np.cos(angle) + rows * np.sin(angle) - distance) > 4  # this track's pixels are used up
+        # a binned pixel's centre is at f * i + (f - 1) / 2 in full-resolution pixels
+        tracks.append(Track(angle=angle, distance=f * distance + (np.cos(angle) + np.sin(angle)) * (f - 1) / 2, significance=float(z[i, j]), length_px=f * float(expected[i, j])))
+        hot &= np.abs(cols * np.cos(angle) + rows * np.sin(angle) - distance) > max(8 / f, 2)  # this track's pixels are used up
     return tracks
 
 
-def _refine(hot: np.ndarray, angle: float, distance: float) -> tuple[float, float]:
-    """Least-squares line through the above-threshold pixels within 3 binned pixels of a Hough line."""
+def _refine(hot: np.ndarray, angle: float, distance: float, *, iterations: int = 4) -> tuple[float, float]:
+    """Least-squares line through the above-threshold pixels within 3 bins of the line,
+    repeated: a Hough angle step of 0.25 deg puts the far end of a 5000-pixel track 20 pixels off,
+    so each pass takes in more of the track."""
     rows, cols = np.nonzero(hot)
-    d = cols * np.cos(angle) + rows * np.sin(angle) - distance
-    on = np.abs(d) < 3
-    if on.sum() < 10:
-        return float(angle), float(distance)
-    x, y = cols[on].astype(float), rows[on].astype(float)
-    # total least squares: the line's normal is the direction of least spread
-    centre = np.array([x.mean(), y.mean()])
-    cov = np.cov(np.vstack([x - centre[0], y - centre[1]]))
-    eigenvalues, eigenvectors = np.linalg.eigh(cov)
-    normal = eigenvectors[:, 0]
-    new_angle = float(np.arctan2(normal[1], normal[0]))
-    if abs(((new_angle - angle + np.pi / 2) % np.pi) - np.pi / 2) > np.radians(3):
-        return float(angle), float(distance)
-    new_distance = float(centre @ normal)
-    if np.cos(new_angle - angle) < 0:
-        new_angle, new_distance = new_angle + np.pi, -new_distance
-    return new_angle, new_distance
+    for _ in range(iterations):
+        d = cols * np.cos(angle) + rows * np.sin(angle) - distance
+        on = np.abs(d) < 3
+        if on.sum() < 10:
+            break
+        x, y = cols[on].astype(float), rows[on].astype(float)
+        centre = np.array([x.mean(), y.mean()])
+        cov = np.cov(np.vstack([x - centre[0], y - centre[1]]))
+        normal = np.linalg.eigh(cov)[1][:, 0]
+        new_angle = float(np.arctan2(normal[1], normal[0]))
+        new_distance = float(centre @ normal)
+        if np.cos(new_angle - angle) < 0:
+            new_angle, new_distance = new_angle + np.pi, -new_distance
+        if abs(new_angle - angle) > np.radians(3):
+            break
+        angle, distance = new_angle, new_distance
+    return float(angle), float(distance)
 
 
-def _stars_under_track(image: np.ndarray, offset: np.ndarray, along: np.ndarray, core: np.ndarray, background_rms: float, *, bin_px: int = 16, sigma: float = 5.0) -> np.ndarray:
-    """Peaks inside a track's core that stand well above the track's own brightness at that point
-    along it (a star the track runs over), grown by 2 px."""
-    rows, cols = np.nonzero(core)
-    if rows.size == 0:
-        return np.zeros(image.shape, bool)
-    position = np.floor(along[rows, cols] / bin_px).astype(np.int64)
-    values = image[rows, cols]
-    order = np.argsort(position)
-    bins, starts = np.unique(position[order], return_index=True)
-    chunks = np.split(values[order], starts[1:])
+def _band(shape: tuple[int, int], track: Track, half_width: float):
+    """The pixels within ``half_width`` of a track as a grid (steps along the track x offsets
+    across it): rows, cols, signed distance from the line, position along it, and validity."""
+    ny, nx = shape
+    c, s = np.cos(track.angle), np.sin(track.angle)
+    if abs(s) >= abs(c):  # the line runs mostly along x: step in x, spread in y
+        steps = np.arange(nx)
+        centre = (track.distance - steps * c) / s
+        spread = np.arange(-int(np.ceil(half_width / abs(s))) - 1, int(np.ceil(half_width / abs(s))) + 2)
+        rows = np.rint(centre)[:, None].astype(np.int64) + spread[None, :]
+        cols = np.broadcast_to(steps[:, None], rows.shape)
+    else:
+        steps = np.arange(ny)
+        centre = (track.distance - steps * s) / c
+        spread = np.arange(-int(np.ceil(half_width / abs(c))) - 1, int(np.ceil(half_width / abs(c))) + 2)
+        cols = np.rint(centre)[:, None].astype(np.int64) + spread[None, :]
+        rows = np.broadcast_to(steps[:, None], cols.shape)
+    valid = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+    rows, cols = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
+    offset = cols * c + rows * s - track.distance
+    along = -cols * s + rows * c
+    return rows, cols, offset, along, valid & (np.abs(offset) <= half_width)
+
+
+def _peaks_above_track(residual: np.ndarray, rows, cols, along, core, background_rms: float, *, bin_px: int = 16, sigma: float = 5.0) -> np.ndarray:
+    """Which core pixels are local maxima standing well above the track's own brightness at that
+    point along it (a star the track runs over)."""
+    values = residual[rows, cols]
+    position = np.floor(along / bin_px).astype(np.int64)
+    out = np.zeros(values.shape, bool)
+    if not core.any():
+        return out
+    keys = position[core]
+    order = np.argsort(keys)
+    bins, starts = np.unique(keys[order], return_index=True)
+    chunks = np.split(values[core][order], starts[1:])
     medians = np.array([np.median(chunk) for chunk in chunks])
     scatter = np.array([1.4826 * np.median(np.abs(chunk - np.median(chunk))) for chunk in chunks])
-    which = np.searchsorted(bins, position)
+    which = np.searchsorted(bins, np.clip(position, bins[0], bins[-1]))
+    which = np.clip(which, 0, bins.size - 1)
     level, noise = medians[which], np.maximum(scatter[which], background_rms)
-    peak = values == ndimage.maximum_filter(image, size=3)[rows, cols]
-    star = (values - level > sigma * noise) & peak
-    out = np.zeros(image.shape, bool)
-    out[rows[star], cols[star]] = True
-    return ndimage.binary_dilation(out, iterations=2)
+    ny, nx = residual.shape
+    neighbours = np.max(np.stack([residual[np.clip(rows + dy, 0, ny - 1), np.clip(cols + dx, 0, nx - 1)] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]), axis=0)
+    return core & (values - level > sigma * noise) & (values >= neighbours)
 
 
 def track_mask(image: np.ndarray, tracks: list[Track], *, background: np.ndarray, background_rms: float, known_bad: np.ndarray | None = None, half_width: float = 10.0, sigma: float = 3.0, core_half_width: float = 2.5) -> np.ndarray:
@@ -138,17 +187,21 @@ def track_mask(image: np.ndarray, tracks: list[Track], *, background: np.ndarray
     if not tracks:
         return mask
     residual = image - background
-    yy, xx = np.ogrid[0:ny, 0:nx]
-    geometry = [(np.abs(xx * np.cos(t.angle) + yy * np.sin(t.angle) - t.distance), -xx * np.sin(t.angle) + yy * np.cos(t.angle)) for t in tracks]
-    cores = np.logical_or.reduce([offset <= core_half_width for offset, _ in geometry])
+    bands = [_band((ny, nx), t, half_width) for t in tracks]
+    cores = np.zeros((ny, nx), bool)
+    for rows, cols, offset, _, valid in bands:
+        inside = valid & (np.abs(offset) <= core_half_width)
+        cores[rows[inside], cols[inside]] = True
     hidden = cores if known_bad is None else cores | known_bad
     stars = compact_source_mask(np.where(hidden, 0.0, residual), background_rms, mask=hidden)
-    bright = residual > sigma * background_rms
-    for offset, along in geometry:
-        core = offset <= core_half_width
-        band = (offset <= half_width) & (bright | core)
-        labels, _ = ndimage.label(band)
-        touching = np.unique(labels[core & band])
-        mask |= np.isin(labels, touching[touching > 0]) & (bright | core)
-        stars |= _stars_under_track(residual, offset, along, core, background_rms)
+    for rows, cols, offset, along, valid in bands:
+        core = valid & (np.abs(offset) <= core_half_width)
+        candidate = valid & ((residual[rows, cols] > sigma * background_rms) | core)
+        labels, _ = ndimage.label(candidate)
+        touching = np.unique(labels[core & candidate])
+        keep = np.isin(labels, touching[touching > 0]) & candidate
+        protect = _peaks_above_track(residual, rows, cols, along, core, background_rms)
+        protect = ndimage.binary_dilation(protect, iterations=2) & valid
+        keep &= ~protect
+        mask[rows[keep], cols[keep]] = True
     return mask & ~stars

@@ -100,19 +100,22 @@ def hot_graph(dark_paths: list[str], master, shape, cfg: CalibrationConfig):
     return dask.delayed(np.concatenate)(blocks, axis=0)
 
 
+def _dark_rate_block(paths, exptimes, master_block, y0, y1, sigma):
+    stack = (_stack_block(paths, y0, y1) - master_block) / np.asarray(exptimes, np.float32)[:, None, None]
+    return clipped_mean(stack, sigma=sigma)[0]
+
+
+def dark_rate_graph(dark_paths: list[str], exptimes: list[float], master, shape, cfg: CalibrationConfig):
+    """Master dark current in ADU per second."""
+    blocks = [dask.delayed(_dark_rate_block)(dark_paths, exptimes, master[y0:y1], y0, y1, cfg.bias_clip_sigma) for y0, y1 in _row_blocks(shape[0], cfg.row_block)]
+    return dask.delayed(np.concatenate)(blocks, axis=0)
+
+
 def _prepare_flat(path, master, cfg: CalibrationConfig, saturation, gain):
     return flat.prepare_flat(read_frame(path), master, size=cfg.flat_smoothing_px, saturation_adu=saturation, gain=gain)
 
 
-def _nightly_flat(prepared, night_mjd, cfg: CalibrationConfig, gain):
-    reasons = flat.decide_flats(prepared, cfg)
-    kept = [p for p, why in zip(prepared, reasons) if why is None]
-    if not kept:
-        return None, reasons
-    levels = [p.level_adu for p in kept]
-    master = flat.combine_small_scale(np.stack([p.small for p in kept]), levels, gain=gain, clip_sigma=cfg.flat_clip_sigma)
-    master /= np.float32(np.median(master))
-    return flat.NightlyFlat(night_mjd, master, len(kept), float(np.sum(levels) * gain)), reasons
+_nightly_flat = flat.nightly_flat_from_prepared
 
 
 def _combine_flats(target_mjd, nightly, cfg: CalibrationConfig):
@@ -122,19 +125,20 @@ def _combine_flats(target_mjd, nightly, cfg: CalibrationConfig):
     return flat.combine_nights(target_mjd, usable, window_nights=cfg.flat_window_nights, max_span_days=cfg.flat_max_span_days)
 
 
-def _calibrate_science(path, index, staging, masters, cfg: CalibrationConfig, instrument: InstrumentConfig):
+def _calibrate_science(path, exptime, index, staging, masters, cfg: CalibrationConfig, instrument: InstrumentConfig):
     """One science frame, start to finish; returns (index, None) or (index, reason)."""
     try:
         det = instrument.detector
         raw = read_frame(path)
-        master, bias_std, ps, bad, small = masters
-        image, variance = apply.calibrate(raw, master_bias=master, flat=small, bias_std=bias_std, gain=det.gain_e_per_adu)
+        master, bias_std, ps, bad, small, dark_rate = masters
+        dark = None if dark_rate is None else dark_rate * np.float32(exptime)
+        image, variance = apply.calibrate(raw, master_bias=master, flat=small, bias_std=bias_std, gain=det.gain_e_per_adu, dark_adu=dark)
         mask = apply.static_mask(raw, bad=bad > 0, pepper_salt=ps, saturation_adu=det.saturation_adu)
         known_bad = mask > 0
         background = sep.Background(image, mask=known_bad)
         back, rms = background.back(), background.globalrms
         stars = tracks.compact_source_mask(image - back, rms, mask=known_bad)
-        found = tracks.find_tracks(image, background=back, background_rms=rms, exclude=stars | known_bad, pixel_sigma=cfg.track_pixel_sigma, min_significance=cfg.track_min_significance)
+        found = tracks.find_tracks(image, background=back, noise=np.sqrt(variance), exclude=stars | known_bad, pixel_sigma=cfg.track_pixel_sigma, min_significance=cfg.track_min_significance)
         track_pixels = tracks.track_mask(image, found, background=back, background_rms=rms, known_bad=known_bad, half_width=cfg.track_half_width_px, sigma=cfg.track_mask_sigma, core_half_width=cfg.track_core_half_width_px)
         mask[track_pixels] |= apply.TRACK
         fwhm = _sharpest_fwhm(image - back, rms, known_bad | track_pixels)
@@ -216,7 +220,7 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
             master = master_for(night)[0]
             rows = flats[flats.night == night]
             prepared = [dask.delayed(_prepare_flat)(p, master, cfg, saturation, gain) for p in rows.path]
-            nightly_cache[night] = (dask.delayed(_nightly_flat, nout=2)(prepared, night_to_mjd_local_noon(night, offset), cfg, gain), rows.frame_id.tolist())
+            nightly_cache[night] = (dask.delayed(_nightly_flat, nout=2)(prepared, night_mjd=night_to_mjd_local_noon(night, offset), cfg=cfg, gain=gain), rows.frame_id.tolist())
         return nightly_cache[night]
 
     darks = by_kind.get("dark")
@@ -225,10 +229,16 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
         master, screen, bias_source, bias_ids = master_for(night)
         ps_mask, bias_std, ps_source = ps_for(night)
         result.ps_night = ps_source
+        dark_rate = None
         if darks is not None and len(darks):
             dark_night = _nearest(sorted(set(darks.night)), night)
-            hot = hot_graph(darks[darks.night == dark_night].path.tolist(), master, shape, cfg)
+            night_darks = darks[darks.night == dark_night]
+            hot = hot_graph(night_darks.path.tolist(), master, shape, cfg)
+            if cfg.subtract_dark:
+                dark_rate = dark_rate_graph(night_darks.path.tolist(), night_darks.exptime.tolist(), master, shape, cfg)
         else:
+            if cfg.subtract_dark:
+                raise CalibrationError(f"{telescope}: subtract_dark is set but there are no darks")
             hot = dask.delayed(np.zeros)(shape, bool)
         if not flat_nights:
             raise CalibrationError(f"{telescope}: no twilight flats at all")
@@ -240,7 +250,7 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
         combined = dask.delayed(_combine_flats, nout=2)(target, [n[0] for n in nightly], cfg)
         small = combined[0]
         bad = dask.delayed(_bad_pixels)(hot, ps_mask, small, cfg.dead_response_max)
-        masters = dask.delayed(tuple)([master, bias_std, ps_mask, bad, small])
+        masters = dask.delayed(tuple)([master, bias_std, ps_mask, bad, small, dark_rate])
 
         sci = science[science.night == night]
         staged = []
@@ -249,7 +259,7 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
             staging = lake.staging(final)
             coords = {"frame_id": rows.frame_id.to_numpy(), "mjd": rows.mjd.to_numpy(), "exptime": rows.exptime.to_numpy(), "airmass": rows.airmass.fillna(np.nan).to_numpy()}
             layout = dask.delayed(cubes.create_cube)(staging, shape=shape, coords=coords, provenance={"telescope": telescope, "night": night, "field": fld, "frames": rows.path.tolist()})
-            tasks = [dask.delayed(_after)(layout, dask.delayed(_calibrate_science)(p, i, staging, masters, cfg, instrument, dask_key_name=f"calibrate-science-{telescope}-{night}-{fld}-{i}")) for i, p in enumerate(rows.path)]
+            tasks = [dask.delayed(_after)(layout, dask.delayed(_calibrate_science)(p, t, i, staging, masters, cfg, instrument, dask_key_name=f"calibrate-science-{telescope}-{night}-{fld}-{i}")) for i, (p, t) in enumerate(zip(rows.path, rows.exptime))]
             staged.append((final, staging, rows.frame_id.tolist(), tasks))
         provenance = {
             "telescope": telescope, "night": night, "bias_night": bias_source, "bias_frames": bias_ids, "pepper_salt_series_night": ps_source,
