@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -44,10 +45,15 @@ def main() -> None:
     if not paths.frames.exists():
         simulate(SimulationRequest(field="f02", nights=args.nights, frames_per_night=4, telescopes=("MST2",), scale=args.scale, seed=17), paths, instrument=instrument, sim=sim, field_cfg=load_field("f02"), progress=False)
     lake = LakePaths(args.out / "lake")
+    if lake.root.exists():
+        shutil.rmtree(lake.root)  # each run starts from a fresh lake
     run_inventory(paths.raw, lake, instrument=instrument, fields=load_fields(), config=pipeline.inventory, progress=False)
     started = time.perf_counter()
     results = calibrate_nights(lake, instrument=instrument, cfg=cfg, progress=False)
     out: dict = {"scale": args.scale, "nights": args.nights, "calibration_seconds": round(time.perf_counter() - started, 1)}
+    failures = [(r.night, reason) for r in results for _, reason in r.failed]
+    if failures:
+        raise SystemExit(f"{len(failures)} science frames failed calibration, e.g. {failures[0]}")
     static = {name: fits.getdata(paths.static_map("MST2", name)).astype(np.float32) for name in ("ps_std", "bad_pixels")}
     truth_frames = pq.read_table(paths.frames).to_pandas()
     frames = pq.read_table(lake.frames_table).to_pandas().set_index("frame_id")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -79,6 +80,8 @@ def main() -> None:
         simulate(SimulationRequest(field="f02", nights=1, frames_per_night=2, telescopes=("MST2",), scale=1.0, seed=1), paths, instrument=instrument, sim=sim, field_cfg=load_field("f02"), workers=args.workers)
         results["simulate_night_seconds"] = round(time.perf_counter() - started, 1)
     lake = LakePaths(args.raw.parent / "lake")
+    if lake.root.exists():
+        shutil.rmtree(lake.root)  # each run starts from a fresh lake
     started = time.perf_counter()
     run_inventory(paths.raw, lake, instrument=instrument, fields=load_fields(), config=pipeline.inventory, progress=False)
     results["inventory_seconds"] = round(time.perf_counter() - started, 1)

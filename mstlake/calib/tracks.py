@@ -27,7 +27,7 @@ class Track:
     length_px: float
 
 
-def compact_source_mask(image: np.ndarray, background_rms: float, *, mask: np.ndarray | None = None, max_elongation: float = 3.0, thresh: float = 3.0, minarea: int = 3, bin_factor: int = 2) -> np.ndarray:
+def compact_source_mask(image: np.ndarray, background_rms: float, *, mask: np.ndarray | None = None, max_elongation: float = 2.5, thresh: float = 3.0, minarea: int = 3, bin_factor: int = 2) -> np.ndarray:
     """Pixels of stars and other compact sources; elongated ones (track pieces) are left out so a
     track survives. Connected pixels above ``thresh`` sigma on a ``bin_factor``-binned image, kept
     when their second moments are round enough (axis ratio <= ``max_elongation``). The mask only has

@@ -59,8 +59,8 @@ def _swap_into_place(staging: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def create_cube(staging: Path, *, shape: tuple[int, int], coords: dict[str, np.ndarray], provenance: dict) -> None:
-    """Lay out an empty calibrated cube (metadata and coordinates) in ``staging``."""
+def create_cube(staging: Path, *, shape: tuple[int, int], coords: dict[str, np.ndarray], provenance: dict) -> Path:
+    """Lay out an empty calibrated cube (metadata and coordinates) in ``staging``; returns it."""
     import dask.array as da
 
     schema = load_cube_schema("cube_calibrated")
@@ -73,6 +73,7 @@ def create_cube(staging: Path, *, shape: tuple[int, int], coords: dict[str, np.n
     if staging.exists():
         shutil.rmtree(staging)
     ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(schema, (n, *shape)), compute=False)
+    return staging
 
 
 def write_frame(staging: Path, index: int, *, image: np.ndarray, variance: np.ndarray, mask: np.ndarray) -> None:

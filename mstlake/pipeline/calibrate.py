@@ -156,11 +156,17 @@ def _calibrate_science(path, exptime, index, staging, masters, cfg: CalibrationC
 
 
 def _sharpest_fwhm(residual, rms, exclude) -> float:
-    """A low percentile of the stars' FWHM: the sharpest PSF on the frame, with room for noise."""
-    objects = sep.extract(np.ascontiguousarray(residual, dtype=np.float32), 10.0, err=rms, mask=exclude, minarea=5)
+    """A low percentile of the stars' FWHM: the sharpest PSF on the frame, with room for noise. When
+    it cannot be measured, 1.5 px: too sharp a guess only makes the cosmic-ray test more careful
+    with stars."""
+    sep.set_extract_pixstack(20_000_000)  # a crowded 60-Mpx frame overflows sep's default buffer
+    try:
+        objects = sep.extract(np.ascontiguousarray(residual, dtype=np.float32), 10.0, err=rms, mask=exclude, minarea=5)
+    except Exception:  # sep raises plain Exceptions for buffer overflows
+        return 1.5
     good = objects[(objects["flag"] == 0) & (objects["peak"] < 0.5 * np.nanmax(residual))]
     if len(good) < 5:
-        return 2.0
+        return 1.5
     radius, _ = sep.flux_radius(np.ascontiguousarray(residual, dtype=np.float32), good["x"], good["y"], 6.0 * good["a"], 0.5, normflux=good["flux"], subpix=5)
     fwhm = 2.0 * radius
     return float(max(np.percentile(fwhm[np.isfinite(fwhm)], 10) * 0.9, 1.2))
@@ -259,7 +265,8 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
             staging = lake.staging(final)
             coords = {"frame_id": rows.frame_id.to_numpy(), "mjd": rows.mjd.to_numpy(), "exptime": rows.exptime.to_numpy(), "airmass": rows.airmass.fillna(np.nan).to_numpy()}
             layout = dask.delayed(cubes.create_cube)(staging, shape=shape, coords=coords, provenance={"telescope": telescope, "night": night, "field": fld, "frames": rows.path.tolist()})
-            tasks = [dask.delayed(_after)(layout, dask.delayed(_calibrate_science)(p, t, i, staging, masters, cfg, instrument, dask_key_name=f"calibrate-science-{telescope}-{night}-{fld}-{i}")) for i, (p, t) in enumerate(zip(rows.path, rows.exptime))]
+            # each frame's task takes the laid-out store as input, so it cannot run before it exists
+            tasks = [dask.delayed(_calibrate_science)(p, t, i, layout, masters, cfg, instrument, dask_key_name=f"calibrate-science-{telescope}-{night}-{fld}-{i}") for i, (p, t) in enumerate(zip(rows.path, rows.exptime))]
             staged.append((final, staging, rows.frame_id.tolist(), tasks))
         provenance = {
             "telescope": telescope, "night": night, "bias_night": bias_source, "bias_frames": bias_ids, "pepper_salt_series_night": ps_source,
@@ -324,10 +331,6 @@ def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telesc
     _write_log(lake, results, rows)
     _mark_failed(lake, results)
     return results
-
-
-def _after(_layout, outcome):
-    return outcome
 
 
 def _bad_pixels(hot, ps, small, dead_max):
