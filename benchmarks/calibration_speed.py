@@ -23,6 +23,7 @@ import dask
 import numpy as np
 import psutil
 
+from mstlake.calib import bias as calib_bias
 from mstlake.config import load_field, load_fields, load_instrument, load_pipeline, load_simulation
 from mstlake.lake import cubes
 from mstlake.paths import LakePaths, SimulationPaths
@@ -87,7 +88,7 @@ def main() -> None:
     results["inventory_seconds"] = round(time.perf_counter() - started, 1)
     frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().sort_values("mjd")
     shape = (int(frames.naxis2.iloc[0]), int(frames.naxis1.iloc[0]))
-    bias = frames[frames.type == "bias"].path.tolist()
+    bias_paths = frames[frames.type == "bias"].path.tolist()
     flats = frames[frames.type == "flat"]
     darks = frames[frames.type == "dark"].path.tolist()
     science = frames[frames.type == "science"].path.tolist()
@@ -95,8 +96,8 @@ def main() -> None:
     def compute(*delayed):
         return dask.compute(*delayed)
 
-    master, _ = timed(results, "master_bias_10_frames", lambda: compute(*cal.master_bias_graph(bias[:10], shape, cfg)), args.workers)
-    ps_mask, bias_std = timed(results, "pepper_salt_map_100_frames", lambda: compute(*cal.pepper_salt_graph(bias[10:110], shape, cfg)), args.workers)
+    master, _ = timed(results, "master_bias_10_frames", lambda: compute(*cal.master_bias_graph(bias_paths[:10], shape, cfg)), args.workers)
+    ps_mask, bias_std = timed(results, "pepper_salt_map_100_frames", lambda: compute(*cal.pepper_salt_graph(bias_paths[10:110], shape, cfg)), args.workers)
     (hot,) = timed(results, "hot_pixels_3_darks", lambda: compute(cal.hot_graph(darks, master, shape, cfg)), args.workers)
 
     def nightly():
@@ -106,7 +107,7 @@ def main() -> None:
     (nightly_flat, reasons) = timed(results, "night_flat_20_frames", nightly, args.workers)
     results["flats_rejected"] = [r for r in reasons if r]
     small = nightly_flat.small_scale
-    bad = cal._bad_pixels(hot, ps_mask, small, cfg.dead_response_max)
+    bad = calib_bias.bad_pixel_map(hot, ps_mask, small, dead_response_max=cfg.dead_response_max)
     masters = (master, bias_std, ps_mask, bad, small, None)
     staging = lake.staging(lake.cube("f02", "g", 0))
     cubes.create_cube(staging, shape=shape, coords={"frame_id": np.arange(len(science)), "mjd": np.zeros(len(science)), "exptime": np.full(len(science), 60.0), "airmass": np.ones(len(science))}, provenance={})

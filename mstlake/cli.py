@@ -128,7 +128,7 @@ def export_masters(lake_dir, telescope, night):
     masters = lake.masters(telescope, night)
     if not masters.exists():
         _fail(f"no masters for {telescope} night {night} in {lake_dir} (run `mstlake ingest` first)")
-    for path in export_masters_fits(masters, lake.masters_fits_dir(telescope, night), telescope=telescope, night=night):
+    for path in export_masters_fits(lake, telescope=telescope, night=night):
         console.print(str(path))
 
 

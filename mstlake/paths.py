@@ -109,9 +109,18 @@ class LakePaths:
     def masters_fits_dir(self, telescope: str, night: int) -> Path:
         return self.root / "masters" / telescope / f"{night}_fits"
 
-    def staging(self, final: Path) -> Path:
+    def masters_fits_file(self, telescope: str, night: int, product: str) -> Path:
+        return self.masters_fits_dir(telescope, night) / f"{telescope}_{night}_{product}.fits"
+
+    @staticmethod
+    def staging(final: Path) -> Path:
         """A sibling directory to build ``final`` in before swapping it into place."""
         return final.with_name(f".{final.name}.staging")
+
+    @staticmethod
+    def retired(final: Path) -> Path:
+        """Where the previous version of ``final`` waits while the new one is swapped in."""
+        return final.with_name(f".{final.name}.old")
 
 
 @dataclass(frozen=True)

@@ -62,3 +62,11 @@ def hot_pixels(darks: np.ndarray, master: np.ndarray, *, sigma: float) -> tuple[
         centre = float(np.median(frame[::4, ::4]))
         hot &= frame - centre > sigma * float(robust_std(frame[::4, ::4]))
     return hot, np.median(excess, axis=0).astype(np.float32)
+
+
+def bad_pixel_map(hot: np.ndarray, pepper_salt: np.ndarray, small_flat: np.ndarray, *, dead_response_max: float) -> np.ndarray:
+    """1 hot (outside pepper-and-salt pixels, which carry their own bit), 2 dead or low response."""
+    bad = np.zeros(small_flat.shape, np.uint8)
+    bad[hot & ~pepper_salt] = 1
+    bad[small_flat < dead_response_max] = 2
+    return bad

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import astroscrappy
 import numpy as np
+import sep
 from scipy import ndimage
 
 _BOX = 5
@@ -123,3 +124,20 @@ def extended_hits(image: np.ndarray, background: np.ndarray, *, known_bad: np.nd
         return np.zeros(image.shape, bool)
     sizes = ndimage.sum(np.ones(image.shape), labels, np.arange(1, n + 1))
     return np.isin(labels, np.flatnonzero(sizes >= min_pixels) + 1)
+
+
+def sharpest_fwhm(residual: np.ndarray, rms: float, exclude: np.ndarray) -> float:
+    """A low percentile of the stars' FWHM: the sharpest PSF on the frame, with room for noise. When
+    it cannot be measured, 1.5 px: too sharp a guess only makes the cosmic-ray test more careful
+    with stars."""
+    sep.set_extract_pixstack(20_000_000)  # a crowded 60-Mpx frame overflows sep's default buffer
+    try:
+        objects = sep.extract(np.ascontiguousarray(residual, dtype=np.float32), 10.0, err=rms, mask=exclude, minarea=5)
+    except Exception:  # sep raises plain Exceptions for buffer overflows
+        return 1.5
+    good = objects[(objects["flag"] == 0) & (objects["peak"] < 0.5 * np.nanmax(residual))]
+    if len(good) < 5:
+        return 1.5
+    radius, _ = sep.flux_radius(np.ascontiguousarray(residual, dtype=np.float32), good["x"], good["y"], 6.0 * good["a"], 0.5, normflux=good["flux"], subpix=5)
+    fwhm = 2.0 * radius
+    return float(max(np.percentile(fwhm[np.isfinite(fwhm)], 10) * 0.9, 1.2))

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 from zarr.codecs import BloscCodec
 
+from mstlake.paths import LakePaths
 from mstlake.schemas import CubeSchema, load_cube_schema
 
 QUANTISATION_FRACTION = 1.0 / 16.0
@@ -49,7 +50,7 @@ def _attrs(schema: CubeSchema, provenance: dict) -> dict:
 def _swap_into_place(staging: Path, final: Path) -> None:
     """Replace ``final`` with ``staging``; a crash leaves either the old or the new store, plus at
     worst a stale ``.old`` directory that the next swap removes."""
-    old = final.with_name(f".{final.name}.old")
+    old = LakePaths.retired(final)
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
@@ -107,12 +108,12 @@ def write_masters(final: Path, staging: Path, arrays: dict[str, np.ndarray], pro
     commit(staging, final)
 
 
-def export_masters_fits(masters: Path, out_dir: Path, *, telescope: str, night: int) -> list[Path]:
+def export_masters_fits(lake: LakePaths, *, telescope: str, night: int) -> list[Path]:
     """One FITS file per master product, for DS9 and astropy users."""
     from astropy.io import fits
 
-    ds = open_store(masters)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ds = open_store(lake.masters(telescope, night))
+    lake.masters_fits_dir(telescope, night).mkdir(parents=True, exist_ok=True)
     written = []
     for name, variable in ds.data_vars.items():
         header = fits.Header()
@@ -121,7 +122,7 @@ def export_masters_fits(masters: Path, out_dir: Path, *, telescope: str, night: 
         header["PRODUCT"] = name
         header["BUNIT"] = variable.attrs.get("units", "")
         header["COMMENT"] = variable.attrs.get("description", "")
-        path = out_dir / f"{telescope}_{night}_{name}.fits"
+        path = lake.masters_fits_file(telescope, night, name)
         tmp = path.with_name(f".{path.name}.tmp")
         fits.PrimaryHDU(np.asarray(variable.values), header=header).writeto(tmp, overwrite=True)
         os.replace(tmp, path)

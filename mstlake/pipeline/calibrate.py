@@ -141,7 +141,7 @@ def _calibrate_science(path, exptime, index, staging, masters, cfg: CalibrationC
         found = tracks.find_tracks(image, background=back, noise=np.sqrt(variance), exclude=stars | known_bad, pixel_sigma=cfg.track_pixel_sigma, min_significance=cfg.track_min_significance)
         track_pixels = tracks.track_mask(image, found, background=back, background_rms=rms, known_bad=known_bad, half_width=cfg.track_half_width_px, sigma=cfg.track_mask_sigma, core_half_width=cfg.track_core_half_width_px)
         mask[track_pixels] |= apply.TRACK
-        fwhm = _sharpest_fwhm(image - back, rms, known_bad | track_pixels)
+        fwhm = cosmics.sharpest_fwhm(image - back, rms, known_bad | track_pixels)
         hits = cosmics.cosmic_ray_mask(
             image, variance, back, known_bad=known_bad | track_pixels, fwhm_px=fwhm, gain=det.gain_e_per_adu, read_noise_e=det.read_noise_e,
             saturation_adu=det.saturation_adu, min_snr=cfg.cosmic_min_snr, significance=cfg.cosmic_significance, grow_sigma=cfg.cosmic_grow_sigma,
@@ -153,23 +153,6 @@ def _calibrate_science(path, exptime, index, staging, masters, cfg: CalibrationC
         return index, None, {"tracks": len(found), "cosmic_ray_pixels": int(hits.sum()), "fwhm_px": fwhm}
     except Exception as err:  # a frame's failure is recorded, the night goes on
         return index, f"{type(err).__name__}: {err}", {"traceback": traceback.format_exc(limit=3)}
-
-
-def _sharpest_fwhm(residual, rms, exclude) -> float:
-    """A low percentile of the stars' FWHM: the sharpest PSF on the frame, with room for noise. When
-    it cannot be measured, 1.5 px: too sharp a guess only makes the cosmic-ray test more careful
-    with stars."""
-    sep.set_extract_pixstack(20_000_000)  # a crowded 60-Mpx frame overflows sep's default buffer
-    try:
-        objects = sep.extract(np.ascontiguousarray(residual, dtype=np.float32), 10.0, err=rms, mask=exclude, minarea=5)
-    except Exception:  # sep raises plain Exceptions for buffer overflows
-        return 1.5
-    good = objects[(objects["flag"] == 0) & (objects["peak"] < 0.5 * np.nanmax(residual))]
-    if len(good) < 5:
-        return 1.5
-    radius, _ = sep.flux_radius(np.ascontiguousarray(residual, dtype=np.float32), good["x"], good["y"], 6.0 * good["a"], 0.5, normflux=good["flux"], subpix=5)
-    fwhm = 2.0 * radius
-    return float(max(np.percentile(fwhm[np.isfinite(fwhm)], 10) * 0.9, 1.2))
 
 
 # -- orchestration ---------------------------------------------------------------------------------
@@ -255,7 +238,7 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
         nightly = [nightly_for(n) for n in chosen_nights]
         combined = dask.delayed(_combine_flats, nout=2)(target, [n[0] for n in nightly], cfg)
         small = combined[0]
-        bad = dask.delayed(_bad_pixels)(hot, ps_mask, small, cfg.dead_response_max)
+        bad = dask.delayed(bias.bad_pixel_map)(hot, ps_mask, small, dead_response_max=cfg.dead_response_max)
         masters = dask.delayed(tuple)([master, bias_std, ps_mask, bad, small, dark_rate])
 
         sci = science[science.night == night]
@@ -331,13 +314,6 @@ def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telesc
     _write_log(lake, results, rows)
     _mark_failed(lake, results)
     return results
-
-
-def _bad_pixels(hot, ps, small, dead_max):
-    bad = np.zeros(small.shape, np.uint8)
-    bad[hot & ~ps] = 1  # a pepper-and-salt pixel is already flagged as such
-    bad[small < dead_max] = 2
-    return bad
 
 
 def _write_log(lake: LakePaths, results: list[NightResult], rows: list[dict]) -> None:

@@ -9,10 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-
-def robust_std(values) -> float:
-    values = np.asarray(values, float)
-    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+from mstlake.calib.combine import robust_std
 
 
 def star_free_mask(shape, x, y, flux_e, fwhm_px, *, floor_e: float = 30.0) -> np.ndarray:
@@ -38,7 +35,7 @@ def background_pull(image, *, bias, flat, sky_e: float, gain: float, read_noise_
     sky_adu = sky_e * flat / gain
     variance = sky_e * flat / gain**2 + (read_noise_e / gain) ** 2 + row_noise_adu**2
     pull = ((image - bias - sky_adu) / np.sqrt(variance))[clean]
-    return robust_std(pull), float(np.median(pull))
+    return float(robust_std(pull)), float(np.median(pull))
 
 
 def saturation_magnitude(mags, peak_above_bias_adu, flag_above_bias_adu: float) -> float:

@@ -90,10 +90,10 @@ def test_rejected_flats_are_logged_with_reasons(calibrated):
 def test_masters_export_to_fits(calibrated):
     _, lake, results = calibrated
     r = results[0]
-    written = cubes.export_masters_fits(r.masters, lake.masters_fits_dir(r.telescope, r.night), telescope=r.telescope, night=r.night)
+    written = cubes.export_masters_fits(lake, telescope=r.telescope, night=r.night)
     names = {p.name for p in written}
     assert f"{r.telescope}_{r.night}_small_flat.fits" in names and f"{r.telescope}_{r.night}_master_bias.fits" in names
-    with fits.open(lake.masters_fits_dir(r.telescope, r.night) / f"{r.telescope}_{r.night}_small_flat.fits") as hdul:
+    with fits.open(lake.masters_fits_file(r.telescope, r.night, "small_flat")) as hdul:
         assert hdul[0].header["TELESCOP"] == r.telescope and hdul[0].header["NIGHT"] == r.night
         assert abs(np.median(hdul[0].data) - 1) < 1e-3
 
