@@ -102,16 +102,17 @@ def inventory(raw_dir, lake_dir, quiet, config_dir):
 @click.option("--field", "field_name", required=True, help="Field to ingest (a file in ingest/fields/).")
 @click.option("--raw", "raw_dir", type=click.Path(path_type=Path), default=None, help="Raw directory (default: the field's raw_dir).")
 @click.option("--lake", "lake_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Lake directory (default: the field's lake_dir).")
+@click.option("--force", is_flag=True, help="Calibrate again nights whose cubes are already complete.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @CONFIG_OPTION
-def ingest(field_name, raw_dir, lake_dir, quiet, config_dir):
+def ingest(field_name, raw_dir, lake_dir, force, quiet, config_dir):
     """Run every pipeline stage that exists on a field's raw data.
 
     Now: the inventory, then calibration (master bias, pepper-and-salt map, bad pixels, flats over
     +-5 nights, calibrated Zarr cubes with variance and masks). Astrometry, photometry and the
     archive join as they land.
     """
-    report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet)
+    report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force)
     if not report.usable:
         sys.exit(1)
 
@@ -177,7 +178,7 @@ def _inventory(raw_dir: Path, lake: LakePaths, config_dir, *, progress: bool):
         _fail(str(err))
 
 
-def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool):
+def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, force: bool = False):
     try:
         field_cfg = cfg.load_field(field_name, config_dir)
     except cfg.ConfigError as err:
@@ -189,17 +190,20 @@ def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool):
     report = _inventory(raw, lake, config_dir, progress=progress)
     _print_inventory(report)
     if report.usable:
-        _calibrate(lake, config_dir, progress=progress)
+        _calibrate(lake, config_dir, progress=progress, force=force)
     return report
 
 
-def _calibrate(lake: LakePaths, config_dir, *, progress: bool):
+def _calibrate(lake: LakePaths, config_dir, *, progress: bool, force: bool):
     from mstlake.pipeline.calibrate import CalibrationError, calibrate_nights
 
     try:
-        results = calibrate_nights(lake, instrument=cfg.load_instrument(config_dir), cfg=cfg.load_pipeline(config_dir).calibration, progress=progress)
+        results = calibrate_nights(lake, instrument=cfg.load_instrument(config_dir), cfg=cfg.load_pipeline(config_dir).calibration, force=force, progress=progress)
     except (CalibrationError, cfg.ConfigError) as err:
         _fail(f"calibration: {err}")
+    if not results:
+        console.print("calibration: every night is already calibrated (use --force to redo)")
+        return results
     table = Table(title="calibration", show_edge=False)
     for column in ("telescope", "night", "science", "failed", "rejected", "flats from", "PS map from"):
         table.add_column(column)

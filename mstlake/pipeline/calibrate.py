@@ -162,7 +162,18 @@ def _nearest(nights_with, night):
     return min(nights_with, key=lambda n: (abs(night_to_mjd_local_noon(n, 0) - night_to_mjd_local_noon(night, 0)), n))
 
 
-def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[int] | None, *, instrument: InstrumentConfig, cfg: CalibrationConfig) -> list:
+def _already_done(lake: LakePaths, telescope: str, band: str, science) -> bool:
+    """A night is done when its masters exist and its cubes hold exactly its current science frames."""
+    if not lake.masters(telescope, int(science.night.iloc[0])).exists():
+        return False
+    for fld, rows in science.groupby(science.field.fillna("nofield")):
+        cube = lake.cube(fld, band, int(rows.night.iloc[0]))
+        if not cube.exists() or sorted(cubes.open_store(cube).frame_id.values.tolist()) != sorted(rows.frame_id.tolist()):
+            return False
+    return True
+
+
+def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[int] | None, *, instrument: InstrumentConfig, cfg: CalibrationConfig, force: bool) -> list:
     """The graph for one telescope's nights: a list of (result, staged cubes, extras)."""
     det = instrument.detector
     gain, saturation = det.gain_e_per_adu, det.saturation_adu
@@ -174,6 +185,9 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
     if science is None:
         return []
     wanted = sorted(set(science.night)) if nights is None else [n for n in nights if n in set(science.night)]
+    band = instrument.telescopes[telescope].band
+    if not force:
+        wanted = [n for n in wanted if not _already_done(lake, telescope, band, science[science.night == n])]
     if not wanted:
         return []
     biases = by_kind.get("bias")
@@ -259,7 +273,9 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
     return graph
 
 
-def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telescopes: list[str] | None = None, instrument: InstrumentConfig, cfg: CalibrationConfig, progress: bool = True) -> list[NightResult]:
+def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telescopes: list[str] | None = None, instrument: InstrumentConfig, cfg: CalibrationConfig, force: bool = False, progress: bool = True) -> list[NightResult]:
+    """Calibrate the science frames of the given nights (default: all). A night whose masters and
+    cubes already hold exactly its current science frames is skipped unless ``force``."""
     frames = read_table(lake.frames_table, load_schema("frames")).to_pandas()
     frames = frames[frames.status == "ok"]
     if frames.empty:
@@ -270,7 +286,7 @@ def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telesc
     for telescope, tel_frames in frames.groupby("telescope"):
         if telescopes and telescope not in telescopes:
             continue
-        planned = _plan_telescope(lake, telescope, tel_frames, nights, instrument=instrument, cfg=cfg)
+        planned = _plan_telescope(lake, telescope, tel_frames, nights, instrument=instrument, cfg=cfg, force=force)
         graph += planned
         results += [entry[0] for entry in planned]
 

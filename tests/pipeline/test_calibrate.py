@@ -98,10 +98,12 @@ def test_masters_export_to_fits(calibrated):
         assert abs(np.median(hdul[0].data) - 1) < 1e-3
 
 
-def test_rerun_gives_identical_cubes(calibrated, instrument, pipeline_config):
+def test_rerun_skips_done_nights_and_force_gives_identical_cubes(calibrated, instrument, pipeline_config):
     _, lake, results = calibrated
     before = {r.cubes[0]: cubes.open_store(r.cubes[0]).image.values.copy() for r in results}
-    calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False)
+    assert calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False) == []
+    again = calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, force=True, progress=False)
+    assert {(r.telescope, r.night) for r in again} == {(r.telescope, r.night) for r in results}
     for path, image in before.items():
         assert np.array_equal(cubes.open_store(path).image.values, image)
         assert not lake.staging(path).exists()
@@ -144,7 +146,7 @@ def test_optional_dark_subtraction_runs_and_changes_little(small_simulation, tmp
     run_inventory(paths.raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
     plain = calibrate_nights(lake, telescopes=["MST2"], instrument=instrument, cfg=pipeline_config.calibration, progress=False)
     before = cubes.open_store(plain[0].cubes[0]).image.values.copy()
-    with_dark = calibrate_nights(lake, telescopes=["MST2"], instrument=instrument, cfg=dataclasses.replace(pipeline_config.calibration, subtract_dark=True), progress=False)
+    with_dark = calibrate_nights(lake, telescopes=["MST2"], instrument=instrument, cfg=dataclasses.replace(pipeline_config.calibration, subtract_dark=True), force=True, progress=False)
     after = cubes.open_store(with_dark[0].cubes[0]).image.values
     assert not with_dark[0].failed
     # 0.002 e-/s x 60 s is 0.5 ADU of dark per pixel: hot pixels aside, the frames barely move
