@@ -24,6 +24,7 @@ import numpy as np
 import psutil
 
 from mstlake.calib import bias as calib_bias
+from mstlake.calib import flat as flat_kernels
 from mstlake.config import load_field, load_fields, load_instrument, load_pipeline, load_simulation
 from mstlake.lake import cubes
 from mstlake.paths import LakePaths, SimulationPaths
@@ -88,7 +89,8 @@ def main() -> None:
     results["inventory_seconds"] = round(time.perf_counter() - started, 1)
     frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().sort_values("mjd")
     shape = (int(frames.naxis2.iloc[0]), int(frames.naxis1.iloc[0]))
-    bias_paths = frames[frames.type == "bias"].path.tolist()
+    bias_rows = frames[frames.type == "bias"]
+    bias_paths = bias_rows.path.tolist()
     flats = frames[frames.type == "flat"]
     darks = frames[frames.type == "dark"].path.tolist()
     science = frames[frames.type == "science"].path.tolist()
@@ -96,13 +98,13 @@ def main() -> None:
     def compute(*delayed):
         return dask.compute(*delayed)
 
-    master, _ = timed(results, "master_bias_10_frames", lambda: compute(*cal.master_bias_graph(bias_paths[:10], shape, cfg)), args.workers)
+    master, _ = timed(results, "master_bias_10_frames", lambda: compute(*cal.master_bias_graph(bias_paths[:10], bias_rows.median_adu[:10].tolist(), bias_rows.robust_std_adu[:10].tolist(), shape, cfg)), args.workers)
     ps_mask, bias_std = timed(results, "pepper_salt_map_100_frames", lambda: compute(*cal.pepper_salt_graph(bias_paths[10:110], shape, cfg)), args.workers)
     (hot,) = timed(results, "hot_pixels_3_darks", lambda: compute(cal.hot_graph(darks, master, shape, cfg)), args.workers)
 
     def nightly():
         prepared = [dask.delayed(cal._prepare_flat)(p, master, cfg, instrument.detector.saturation_adu, instrument.detector.gain_e_per_adu) for p in flats.path]
-        return compute(dask.delayed(cal._nightly_flat, nout=2)(prepared, night_mjd=0.0, cfg=cfg, gain=instrument.detector.gain_e_per_adu))[0]
+        return compute(dask.delayed(flat_kernels.nightly_flat_from_prepared, nout=2)(prepared, night_mjd=0.0, cfg=cfg, gain=instrument.detector.gain_e_per_adu))[0]
 
     (nightly_flat, reasons) = timed(results, "night_flat_20_frames", nightly, args.workers)
     results["flats_rejected"] = [r for r in reasons if r]

@@ -161,15 +161,15 @@ def nightly_flat(raws, master_bias: np.ndarray, *, night_mjd: float, cfg: Calibr
     return result, reasons
 
 
-def choose_nights(target_mjd: float, nightly: list[NightlyFlat], *, window_nights: int, max_span_days: float) -> list[NightlyFlat]:
-    """The target night's flats and those of up to ``window_nights`` nights with flats before and
-    after it, dropping any beyond half the allowed span on either side (the paper: +-5 nights,
-    never over two months)."""
-    ordered = sorted(nightly, key=lambda n: n.night_mjd)
-    before = [n for n in ordered if n.night_mjd < target_mjd - 0.5][-window_nights:] if window_nights else []
-    after = [n for n in ordered if n.night_mjd > target_mjd + 0.5][:window_nights]
-    same = [n for n in ordered if abs(n.night_mjd - target_mjd) <= 0.5]
-    return [n for n in before + same + after if abs(n.night_mjd - target_mjd) <= max_span_days / 2]
+def choose_nights(target_mjd: float, night_mjds: list[float], *, window_nights: int, max_span_days: float) -> list[float]:
+    """Times of the nights whose flats make the target night's master: its own and those of up to
+    ``window_nights`` nights with flats before and after it, dropping any beyond half the allowed
+    span on either side (the paper: +-5 nights, never over two months)."""
+    ordered = sorted(night_mjds)
+    before = [t for t in ordered if t < target_mjd - 0.5][-window_nights:] if window_nights else []
+    after = [t for t in ordered if t > target_mjd + 0.5][:window_nights]
+    same = [t for t in ordered if abs(t - target_mjd) <= 0.5]
+    return [t for t in before + same + after if abs(t - target_mjd) <= max_span_days / 2]
 
 
 def combine_nights(target_mjd: float, nightly: list[NightlyFlat], *, window_nights: int, max_span_days: float, change_sigma: float = 4.0, change_box: int = 5) -> tuple[np.ndarray, list[float]]:
@@ -179,7 +179,8 @@ def combine_nights(target_mjd: float, nightly: list[NightlyFlat], *, window_nigh
     the difference averaged over ``change_box`` x ``change_box`` pixels (a dust shadow arrived or
     left: shadows are extended, so averaging finds even their faint wings), that night is left out
     for those pixels. Returns the master and the nights used."""
-    chosen = choose_nights(target_mjd, nightly, window_nights=window_nights, max_span_days=max_span_days)
+    times = set(choose_nights(target_mjd, [n.night_mjd for n in nightly], window_nights=window_nights, max_span_days=max_span_days))
+    chosen = [n for n in nightly if n.night_mjd in times]
     if not chosen:
         raise ValueError("no nightly flat within the allowed span")
     own = min(chosen, key=lambda n: abs(n.night_mjd - target_mjd))

@@ -96,12 +96,13 @@ def provenance(ds: xr.Dataset) -> dict:
     return json.loads(ds.attrs["provenance"])
 
 
-def write_masters(final: Path, staging: Path, arrays: dict[str, np.ndarray], provenance: dict) -> None:
+def write_masters(final: Path, arrays: dict[str, np.ndarray], provenance: dict) -> None:
     schema = load_cube_schema("cube_masters")
     shape = next(iter(arrays.values())).shape
     ds = xr.Dataset({v.name: (schema.dims, np.asarray(arrays[v.name], dtype=v.dtype)) for v in schema.variables}, attrs=_attrs(schema, provenance))
     for v in schema.variables:
         ds[v.name].attrs.update(units=v.unit, description=v.description)
+    staging = LakePaths.staging(final)
     if staging.exists():
         shutil.rmtree(staging)
     ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(schema, shape))

@@ -12,21 +12,23 @@ import io
 import numpy as np
 from astropy.io import fits
 
+from mstlake.raw.fitsfile import GZIP_MAGIC, image_hdu
+
 
 def _open(path: str):
     with open(path, "rb") as handle:
         head = handle.read(2)
-    if head == b"\x1f\x8b":
+    if head == GZIP_MAGIC:
         with gzip.open(path, "rb") as handle:
             return fits.open(io.BytesIO(handle.read()), memmap=False)
     return fits.open(path, memmap=True, mode="readonly", do_not_scale_image_data=True)
 
 
 def _image_hdu(hdul):
-    for hdu in hdul:
-        if isinstance(hdu, fits.CompImageHDU) or hdu.header.get("NAXIS", 0) == 2:
-            return hdu
-    raise ValueError("no 2-D image")
+    hdu = image_hdu(hdul)
+    if hdu is None:
+        raise ValueError("no 2-D image")
+    return hdu
 
 
 def _rows(hdu, rows: slice) -> np.ndarray:

@@ -66,15 +66,11 @@ def _bias_block(paths, keep, y0, y1, sigma):
     return clipped_mean(_stack_block(kept, y0, y1), sigma=sigma)[0]
 
 
-def _frame_stats(path):
-    return bias.frame_level_and_noise(read_frame(path))
-
-
-def master_bias_graph(paths: list[str], shape, cfg: CalibrationConfig):
-    stats = [dask.delayed(_frame_stats)(p) for p in paths]
-    screen = dask.delayed(lambda s: screen_frames([x[0] for x in s], [x[1] for x in s], reject_sigma=cfg.frame_reject_sigma, noise_ratio_max=cfg.frame_noise_ratio_max))(stats)
-    keep = dask.delayed(lambda sc: sc.keep)(screen)
-    blocks = [dask.delayed(_bias_block)(paths, keep, y0, y1, cfg.bias_clip_sigma) for y0, y1 in _row_blocks(shape[0], cfg.row_block)]
+def master_bias_graph(paths: list[str], levels, noises, shape, cfg: CalibrationConfig):
+    """Master bias from bias frames whose median level and robust noise the inventory measured
+    (frames.median_adu, frames.robust_std_adu): frames are screened without reading them again."""
+    screen = screen_frames(levels, noises, reject_sigma=cfg.frame_reject_sigma, noise_ratio_max=cfg.frame_noise_ratio_max)
+    blocks = [dask.delayed(_bias_block)(paths, screen.keep, y0, y1, cfg.bias_clip_sigma) for y0, y1 in _row_blocks(shape[0], cfg.row_block)]
     return dask.delayed(np.concatenate)(blocks, axis=0), screen
 
 
@@ -113,9 +109,6 @@ def dark_rate_graph(dark_paths: list[str], exptimes: list[float], master, shape,
 
 def _prepare_flat(path, master, cfg: CalibrationConfig, saturation, gain):
     return flat.prepare_flat(read_frame(path), master, size=cfg.flat_smoothing_px, saturation_adu=saturation, gain=gain)
-
-
-_nightly_flat = flat.nightly_flat_from_prepared
 
 
 def _combine_flats(target_mjd, nightly, cfg: CalibrationConfig):
@@ -204,8 +197,8 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
     def master_for(night):
         source = night if counts.get(night, 0) >= cfg.min_bias_frames else _nearest([n for n in bias_nights if counts[n] >= cfg.min_bias_frames], night)
         if source not in master_cache:
-            paths = biases[biases.night == source].path.tolist()
-            master_cache[source] = (*master_bias_graph(paths, shape, cfg), source, biases[biases.night == source].frame_id.tolist())
+            rows = biases[biases.night == source]
+            master_cache[source] = (*master_bias_graph(rows.path.tolist(), rows.median_adu.tolist(), rows.robust_std_adu.tolist(), shape, cfg), source, rows.frame_id.tolist())
         return master_cache[source]
 
     def ps_for(night):
@@ -223,7 +216,7 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
             master = master_for(night)[0]
             rows = flats[flats.night == night]
             prepared = [dask.delayed(_prepare_flat)(p, master, cfg, saturation, gain) for p in rows.path]
-            nightly_cache[night] = (dask.delayed(_nightly_flat, nout=2)(prepared, night_mjd=night_to_mjd_local_noon(night, offset), cfg=cfg, gain=gain), rows.frame_id.tolist())
+            nightly_cache[night] = (dask.delayed(flat.nightly_flat_from_prepared, nout=2)(prepared, night_mjd=night_to_mjd_local_noon(night, offset), cfg=cfg, gain=gain), rows.frame_id.tolist())
         return nightly_cache[night]
 
     darks = by_kind.get("dark")
@@ -246,8 +239,8 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
         if not flat_nights:
             raise CalibrationError(f"{telescope}: no twilight flats at all")
         target = night_to_mjd_local_noon(night, offset)
-        chosen = flat.choose_nights(target, [flat.NightlyFlat(night_to_mjd_local_noon(n, offset), None, 0, 1.0) for n in flat_nights], window_nights=cfg.flat_window_nights, max_span_days=cfg.flat_max_span_days)
-        chosen_nights = [n for n in flat_nights if night_to_mjd_local_noon(n, offset) in {c.night_mjd for c in chosen}]
+        times = {night_to_mjd_local_noon(n, offset): n for n in flat_nights}
+        chosen_nights = [times[t] for t in flat.choose_nights(target, list(times), window_nights=cfg.flat_window_nights, max_span_days=cfg.flat_max_span_days)]
         result.flat_nights = chosen_nights
         nightly = [nightly_for(n) for n in chosen_nights]
         combined = dask.delayed(_combine_flats, nout=2)(target, [n[0] for n in nightly], cfg)
@@ -318,7 +311,7 @@ def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telesc
         for fid, why in prov["bias_rejected"].items():
             result.rejected.append((int(fid), "bias", why))
         arrays = {"master_bias": extras["master"], "bias_std": extras["bias_std"], "pepper_salt": extras["ps"], "bad": extras["bad"], "small_flat": extras["small"]}
-        cubes.write_masters(result.masters, lake.staging(result.masters), arrays, prov)
+        cubes.write_masters(result.masters, arrays, prov)
         for fid, kind, why in result.rejected:
             log_rows[fid] = {"telescope": result.telescope, "frame_id": fid, "kind": kind, "decision": "rejected", "reason": why, "recorded_at": now}
         failed_ids = dict(result.failed)

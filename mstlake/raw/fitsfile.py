@@ -19,7 +19,7 @@ from astropy.io import fits
 
 from mstlake.raw.header import HeaderProblem
 
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"
 _SKIPPED_CARDS = {"", "COMMENT", "HISTORY"}
 
 
@@ -77,7 +77,7 @@ def pixel_stats(image: np.ndarray, *, stride: int, saturation_adu: float) -> Pix
 def read_fits_bytes(data: bytes, *, stride: int, saturation_adu: float) -> FitsContent:
     """Parse a raw file's bytes. Raises ``HeaderProblem`` (not_fits, truncated, no_image)."""
     compression = "none"
-    if data[:2] == _GZIP_MAGIC:
+    if data[:2] == GZIP_MAGIC:
         compression = "gzip"
         try:
             data = gzip.decompress(data)
@@ -99,18 +99,22 @@ def read_fits_bytes(data: bytes, *, stride: int, saturation_adu: float) -> FitsC
             raise HeaderProblem("not_fits", f"astropy cannot read it as FITS: {err}") from None
 
 
-def _first_image(hdul: fits.HDUList, compression: str, *, stride: int, saturation_adu: float) -> FitsContent:
+def image_hdu(hdul: fits.HDUList):
+    """The first HDU holding a two-dimensional image (the primary, or a tile-compressed extension),
+    or None."""
     for hdu in hdul:
-        if hdu.header.get("NAXIS", 0) == 2 or isinstance(hdu, fits.CompImageHDU):
-            image = hdu.data
-            if image is None or image.ndim != 2:
-                continue
-            if isinstance(hdu, fits.CompImageHDU):
-                compression = "fpack"
-            header = header_to_dict(hdu.header)
-            bitpix = int(hdu.header.get("BITPIX", 0))
-            if isinstance(hdu, fits.CompImageHDU):
-                bitpix = int(hdu.header.get("ZBITPIX", bitpix))
-            stats = pixel_stats(image, stride=stride, saturation_adu=saturation_adu)
-            return FitsContent(header=header, compression=compression, shape=tuple(int(n) for n in image.shape), bitpix=bitpix, stats=stats)
-    raise HeaderProblem("no_image", "the file holds no two-dimensional image")
+        if isinstance(hdu, fits.CompImageHDU) or hdu.header.get("NAXIS", 0) == 2:
+            return hdu
+    return None
+
+
+def _first_image(hdul: fits.HDUList, compression: str, *, stride: int, saturation_adu: float) -> FitsContent:
+    hdu = image_hdu(hdul)
+    image = None if hdu is None else hdu.data
+    if image is None or image.ndim != 2:
+        raise HeaderProblem("no_image", "the file holds no two-dimensional image")
+    if isinstance(hdu, fits.CompImageHDU):
+        compression = "fpack"
+    bitpix = int(hdu.header.get("ZBITPIX", hdu.header.get("BITPIX", 0)))  # ZBITPIX: a tile-compressed image
+    stats = pixel_stats(image, stride=stride, saturation_adu=saturation_adu)
+    return FitsContent(header=header_to_dict(hdu.header), compression=compression, shape=tuple(int(n) for n in image.shape), bitpix=bitpix, stats=stats)
