@@ -21,12 +21,18 @@ def frame_level_and_noise(frame: np.ndarray, stride: int = 4) -> tuple[float, fl
     return float(np.median(sample)), float(robust_std(sample))
 
 
-def master_bias(stack: np.ndarray, *, clip_sigma: float, reject_sigma: float, noise_ratio_max: float) -> MasterBias:
+def master_bias(stack: np.ndarray, *, clip_sigma: float, reject_sigma: float, noise_ratio_max: float, pixel_std: np.ndarray | None = None) -> MasterBias:
     """Outlier-rejected combination of a night's bias frames: whole frames that stand out are
-    dropped, then each pixel is sigma-clipped across the rest (cosmic rays, PS jumps)."""
+    dropped, then each pixel is sigma-clipped across the rest.
+
+    Give ``pixel_std``, each pixel's std over a long bias series (the PS map's): the clip is then
+    in units of the pixel's own scatter, so a pepper-and-salt pixel keeps its rarer levels and its
+    master is its *mean* level, which is what a science frame's readout averages to. Clipping on a
+    per-pixel MAD of ~10 frames instead pins such a pixel to its commonest level, off by up to tens
+    of ADU in every frame it calibrates."""
     stats = [frame_level_and_noise(frame) for frame in stack]
     screen = screen_frames([s[0] for s in stats], [s[1] for s in stats], reject_sigma=reject_sigma, noise_ratio_max=noise_ratio_max)
-    image, _ = clipped_mean(stack[screen.keep], sigma=clip_sigma)
+    image, _ = clipped_mean(stack[screen.keep], sigma=clip_sigma, pixel_noise=pixel_std)
     return MasterBias(image=image, n_frames=int(screen.keep.sum()), screen=screen)
 
 

@@ -44,16 +44,22 @@ def screen_frames(levels, noises, *, reject_sigma: float, noise_ratio_max: float
     return FrameScreen(keep=keep, reasons=reasons)
 
 
-def clipped_mean(stack: np.ndarray, *, sigma: float, weights=None, noise=None, maxiters: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def clipped_mean(stack: np.ndarray, *, sigma: float, weights=None, noise=None, pixel_noise=None, maxiters: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel sigma-clipped (weighted) mean over axis 0 about the per-pixel median. The scale is
-    each frame's known ``noise`` when given (one value per frame), else the per-pixel MAD. Returns
-    the mean (float32) and the number of frames kept per pixel."""
+    each frame's known ``noise`` (one value per frame) or each pixel's known ``pixel_noise`` (an
+    image) when given, else the per-pixel MAD. Returns the mean (float32) and the number of frames
+    kept per pixel."""
     data = np.asarray(stack, dtype=np.float32)
-    if noise is None:
+    if noise is not None and pixel_noise is not None:
+        raise ValueError("give the noise per frame or per pixel, not both")
+    if noise is None and pixel_noise is None:
         clipped = sigma_clip(data, axis=0, sigma=sigma, maxiters=maxiters, cenfunc="median", stdfunc="mad_std", masked=True)
         good = ~np.ma.getmaskarray(clipped)
     else:
-        scale = np.asarray(noise, np.float32).reshape((-1,) + (1,) * (data.ndim - 1))
+        if noise is not None:
+            scale = np.asarray(noise, np.float32).reshape((-1,) + (1,) * (data.ndim - 1))
+        else:
+            scale = np.asarray(pixel_noise, np.float32)[None]
         good = np.abs(data - np.median(data, axis=0)) <= sigma * scale
     if weights is None:
         w = good.astype(np.float32)

@@ -1,7 +1,8 @@
 """Flat fields (paper 3.1.2 and the flowchart's master-flat branch).
 
 Each bias-subtracted twilight flat is screened (too faint, saturated, patchy from clouds, crowded
-with stars), split into a large-scale part (a 51-pixel running median) and a small-scale part
+with stars), split into a large-scale part (a 51-pixel running mean with outliers rejected, see
+``large_scale_binned``) and a small-scale part
 (flat / large-scale), and the small-scale parts are combined with outlier rejection. Nightly
 small-scale masters are then combined over +-5 nights, never beyond a two-month span, excluding per
 pixel nights that changed (a new dust speck) relative to the target night.
@@ -23,19 +24,40 @@ def _binning(size: int) -> tuple[int, int]:
     return factor, max(3, int(round(size / factor)) | 1)
 
 
-def large_scale_binned(image: np.ndarray, size: int) -> tuple[np.ndarray, int]:
-    """The running median of ``size`` pixels on an image binned (block medians) by ``factor`` so the
-    median runs over ~7 bins: a 51x51 median of a 60-Mpx frame at full resolution takes minutes,
-    this takes seconds and agrees to ~0.06% rms. Returns the binned result and the factor."""
-    image = np.asarray(image, dtype=np.float32)
-    factor, window = _binning(size)
-    if factor == 1:
-        return ndimage.median_filter(image, size=size, mode="reflect"), 1
+def _blocks(image: np.ndarray, factor: int) -> np.ndarray:
+    """View of ``image`` (padded by reflection) as (by, bx, factor * factor) blocks."""
     ny, nx = image.shape
     padded = np.pad(image, ((0, (-ny) % factor), (0, (-nx) % factor)), mode="reflect")
     by, bx = padded.shape[0] // factor, padded.shape[1] // factor
-    binned = np.median(padded.reshape(by, factor, bx, factor).transpose(0, 2, 1, 3).reshape(by, bx, -1), axis=2)
-    return ndimage.median_filter(binned, size=window, mode="reflect"), factor
+    return padded.reshape(by, factor, bx, factor).transpose(0, 2, 1, 3).reshape(by, bx, -1)
+
+
+def large_scale_binned(image: np.ndarray, size: int, clip_sigma: float = 4.0) -> tuple[np.ndarray, int]:
+    """The large-scale flat: a ``size``-pixel running mean of the pixels that are not outliers,
+    on a grid binned by ``factor`` (returns the binned result and the factor).
+
+    The paper uses a 51-pixel running median. A median is not linear: the median of (pixel response
+    + photon noise) over a window is not the median of the response, and since the response is the
+    same every night that error does not average away over nights (it held the +-5-night flat at
+    0.11% against a 0.10% photon limit). So a median only finds the outliers (stars, cosmic rays,
+    dead and hot pixels, beyond ``clip_sigma`` robust sigma), and the large scale is the mean of the
+    rest (a normalised box filter over blocks: seconds, not minutes, on a 60-Mpx frame)."""
+    image = np.asarray(image, dtype=np.float32)
+    factor, window = _binning(size)
+    if factor == 1:
+        reference = ndimage.median_filter(image, size=size, mode="reflect")
+        blocks, window = image[..., None], size
+    else:
+        blocks = _blocks(image, factor)
+        reference = ndimage.median_filter(np.median(blocks, axis=2), size=window, mode="reflect")
+    # outliers against the block's reference value (it varies by < 0.1% across a block)
+    ratio = blocks / np.maximum(reference, np.float32(1e-12))[..., None]
+    scatter = float(robust_std(ratio[::3, ::3].ravel()))
+    keep = np.abs(ratio - 1) <= clip_sigma * max(scatter, 1e-6)
+    sums = ndimage.uniform_filter(np.where(keep, blocks, 0).sum(axis=2, dtype=np.float64), window, mode="reflect")
+    counts = ndimage.uniform_filter(keep.sum(axis=2).astype(np.float64), window, mode="reflect")
+    smooth = np.where(counts > 0, sums / np.maximum(counts, 1e-12), reference)
+    return smooth.astype(np.float32), factor
 
 
 def _upsample(binned: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:

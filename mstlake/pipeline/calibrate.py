@@ -61,16 +61,18 @@ def _stack_block(paths, y0, y1):
     return np.stack([read_rows(p, y0, y1) for p in paths]).astype(np.float32)
 
 
-def _bias_block(paths, keep, y0, y1, sigma):
+def _bias_block(paths, keep, y0, y1, sigma, pixel_std):
     kept = [p for p, k in zip(paths, keep) if k]
-    return clipped_mean(_stack_block(kept, y0, y1), sigma=sigma)[0]
+    return clipped_mean(_stack_block(kept, y0, y1), sigma=sigma, pixel_noise=pixel_std)[0]
 
 
-def master_bias_graph(paths: list[str], levels, noises, shape, cfg: CalibrationConfig):
+def master_bias_graph(paths: list[str], levels, noises, shape, cfg: CalibrationConfig, pixel_std):
     """Master bias from bias frames whose median level and robust noise the inventory measured
-    (frames.median_adu, frames.robust_std_adu): frames are screened without reading them again."""
+    (frames.median_adu, frames.robust_std_adu): frames are screened without reading them again.
+    Each pixel is clipped in units of its own std over the PS series (``pixel_std``, delayed), so
+    pepper-and-salt pixels get their mean level (see ``bias.master_bias``)."""
     screen = screen_frames(levels, noises, reject_sigma=cfg.frame_reject_sigma, noise_ratio_max=cfg.frame_noise_ratio_max)
-    blocks = [dask.delayed(_bias_block)(paths, screen.keep, y0, y1, cfg.bias_clip_sigma) for y0, y1 in _row_blocks(shape[0], cfg.row_block)]
+    blocks = [dask.delayed(_bias_block)(paths, screen.keep, y0, y1, cfg.bias_clip_sigma, pixel_std[y0:y1]) for y0, y1 in _row_blocks(shape[0], cfg.row_block)]
     return dask.delayed(np.concatenate)(blocks, axis=0), screen
 
 
@@ -198,7 +200,8 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
         source = night if counts.get(night, 0) >= cfg.min_bias_frames else _nearest([n for n in bias_nights if counts[n] >= cfg.min_bias_frames], night)
         if source not in master_cache:
             rows = biases[biases.night == source]
-            master_cache[source] = (*master_bias_graph(rows.path.tolist(), rows.median_adu.tolist(), rows.robust_std_adu.tolist(), shape, cfg), source, rows.frame_id.tolist())
+            pixel_std = ps_for(source)[1]
+            master_cache[source] = (*master_bias_graph(rows.path.tolist(), rows.median_adu.tolist(), rows.robust_std_adu.tolist(), shape, cfg, pixel_std), source, rows.frame_id.tolist())
         return master_cache[source]
 
     def ps_for(night):

@@ -64,6 +64,23 @@ def test_master_bias_matches_truth_to_read_noise(night_frames, instrument):
     assert cb.master_bias(leaky, clip_sigma=3, reject_sigma=5, noise_ratio_max=1.5).screen.keep.tolist().count(False) == 1
 
 
+def test_master_bias_gives_pepper_and_salt_pixels_their_mean_level(night_frames, pipeline_config):
+    paths, _, series = night_frames
+    cfg = pipeline_config.calibration
+    series_std = cb.pepper_salt_map(series[10:], threshold_adu=cfg.ps_std_threshold_adu, groups=cfg.ps_groups).std
+    truth = _static(paths, "MST2", "bias_pattern")  # a PS pixel's mean level
+    ps_std = _static(paths, "MST2", "ps_std")
+    strong = (ps_std > 30) & (_static(paths, "MST2", "bad_pixels") == 0)
+    assert strong.sum() > 100
+    own_scale = cb.master_bias(series[:10], clip_sigma=cfg.bias_clip_sigma, reject_sigma=5, noise_ratio_max=1.5, pixel_std=series_std).image
+    mad_scale = cb.master_bias(series[:10], clip_sigma=3, reject_sigma=5, noise_ratio_max=1.5).image
+    # each pixel's master scatters by its own std / sqrt(10) about its mean level; the MAD clip pins a
+    # two-level pixel to its commoner level
+    pull = ((own_scale - truth) / (np.hypot(ps_std, 4.2) / np.sqrt(10)))[strong]
+    assert abs(np.mean(pull)) < 0.1 and np.std(pull) < 1.3, (np.mean(pull), np.std(pull))
+    assert np.std(((mad_scale - truth) / (np.hypot(ps_std, 4.2) / np.sqrt(10)))[strong]) > 1.5 * np.std(pull)
+
+
 def test_pepper_salt_map_precision_and_recall(night_frames, pipeline_config):
     paths, _, series = night_frames
     cfg = pipeline_config.calibration
@@ -100,6 +117,21 @@ def test_large_scale_agrees_with_an_exact_51px_median():
     approx = cf.large_scale(image, 51)
     exact = ndimage.median_filter(image.astype(np.float32), 51)
     assert np.std(approx / exact - 1) < 0.001
+
+
+def test_large_scale_is_unbiased_by_pixel_noise():
+    """Averaged over many noisy flats, the large-scale estimate converges to the noise-free one: a
+    running median would not (the median of response + noise is not the median of the response),
+    and that error would be the same every night."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:200, 0:300]
+    response = ((1 - 0.2 * ((xx - 140) ** 2 + (yy - 90) ** 2) / 250**2) * (1 + 0.007 * rng.normal(0, 1, yy.shape))).astype(np.float32)
+    truth = cf.large_scale(response, 51)
+    trials = 40
+    mean = np.mean([cf.large_scale(response * (1 + 0.014 * rng.normal(0, 1, yy.shape)).astype(np.float32), 51) for _ in range(trials)], axis=0)
+    # one estimate's noise: 1.4% over ~51x51 pixels; the mean of 40 is sqrt(40) lower
+    expected = 0.014 / 51 / np.sqrt(trials)
+    assert np.std(mean / truth - 1) < 3 * expected, (np.std(mean / truth - 1), expected)
 
 
 def test_flats_are_screened_and_combined_near_the_photon_limit(night_frames, pipeline_config, instrument):
