@@ -27,12 +27,14 @@ class Track:
     length_px: float
 
 
-def compact_source_mask(image: np.ndarray, background_rms: float, *, mask: np.ndarray | None = None, max_elongation: float = 2.5, thresh: float = 3.0, minarea: int = 3, bin_factor: int = 2) -> np.ndarray:
+def compact_source_mask(image: np.ndarray, background_rms: float, *, mask: np.ndarray | None = None, max_elongation: float = 2.5, min_fill: float = 0.3, thresh: float = 3.0, minarea: int = 3, bin_factor: int = 2) -> np.ndarray:
     """Pixels of stars and other compact sources; elongated ones (track pieces) are left out so a
     track survives. Connected pixels above ``thresh`` sigma on a ``bin_factor``-binned image, kept
-    when their second moments are round enough (axis ratio <= ``max_elongation``). The mask only has
-    to cover stars, so the binned image loses nothing, and this is far quicker than a full source
-    extraction on a 60-Mpx frame."""
+    when their second moments are round enough (axis ratio <= ``max_elongation``) and they fill the
+    ellipse those moments describe (``min_fill``: two crossing tracks, or a track through an
+    aircraft's lights, make one round but hollow component that must not hide them). The mask only
+    has to cover stars, so the binned image loses nothing, and this is far quicker than a full
+    source extraction on a 60-Mpx frame."""
     ny, nx = image.shape
     f = bin_factor
     by, bx = ny // f, nx // f
@@ -54,7 +56,9 @@ def compact_source_mask(image: np.ndarray, background_rms: float, *, mask: np.nd
     sxy = np.bincount(lab, cols * rows, n + 1) / safe - mx * my
     half_trace, root = (sxx + syy) / 2, np.sqrt(np.maximum(((sxx - syy) / 2) ** 2 + sxy**2, 0))
     major, minor = np.sqrt(np.maximum(half_trace + root, 0)), np.sqrt(np.maximum(half_trace - root, 0))
-    compact = (count >= minarea) & (major <= max_elongation * np.maximum(minor, 0.5))
+    # a uniformly filled ellipse with these second moments covers 4 pi major minor pixels
+    fill = count / np.maximum(4 * np.pi * major * np.maximum(minor, 0.5), 1.0)
+    compact = (count >= minarea) & (major <= max_elongation * np.maximum(minor, 0.5)) & (fill >= min_fill)
     compact[0] = False
     stars = ndimage.binary_dilation(compact[labels], iterations=2)
     full[: f * by, : f * bx] = np.broadcast_to(stars[:, None, :, None], (by, f, bx, f)).reshape(f * by, f * bx)
@@ -155,53 +159,127 @@ def _band(shape: tuple[int, int], track: Track, half_width: float):
     return rows, cols, offset, along, valid & (np.abs(offset) <= half_width)
 
 
-def _peaks_above_track(residual: np.ndarray, rows, cols, along, core, background_rms: float, *, bin_px: int = 16, sigma: float = 5.0) -> np.ndarray:
-    """Which core pixels are local maxima standing well above the track's own brightness at that
-    point along it (a star the track runs over)."""
+class _TrackLevel:
+    """The track's own brightness as a function of position along it (``bin_px`` bins) and offset
+    across it (1-px bins): the median over the band's pixels in each bin."""
+
+    def __init__(self, values: np.ndarray, along: np.ndarray, offset: np.ndarray, valid: np.ndarray, *, bin_px: int):
+        self.bin_px = bin_px
+        keys = self._key(along[valid], offset[valid])
+        order = np.argsort(keys, kind="stable")
+        self.bins, starts = np.unique(keys[order], return_index=True)
+        self.medians = np.array([np.median(c) for c in np.split(values[valid][order], starts[1:])], np.float32)
+
+    def _key(self, along, offset):
+        return np.floor(np.asarray(along) / self.bin_px).astype(np.int64) * 4096 + np.rint(offset).astype(np.int64) + 2048
+
+    def at(self, along, offset) -> np.ndarray:
+        key = self._key(along, offset)
+        which = np.clip(np.searchsorted(self.bins, key), 0, max(self.bins.size - 1, 0))
+        return np.where(self.bins[which] == key, self.medians[which], 0).astype(np.float32)
+
+
+class _LowerLevel:
+    """The lower of two track levels: short bins follow an aircraft's flashes (a star between two
+    flashes is judged against the dark gap), long ones are not pulled up by a crowd of stars."""
+
+    def __init__(self, *levels: _TrackLevel):
+        self.levels = levels
+
+    def at(self, along, offset) -> np.ndarray:
+        return np.min([level.at(along, offset) for level in self.levels], axis=0)
+
+
+def _stars_in_band(residual: np.ndarray, noise, rows, cols, offset, along, valid, track: Track, *, bins_px: tuple[int, int] = (16, 64), sigma: float = 6.0, model_error: float = 0.15, shoulder: float = 0.75, radius: float = 3.0) -> np.ndarray:
+    """Band cells to leave unmasked because they belong to a star: local maxima whose light above
+    the track's own level, summed over 3x3 pixels, stands ``sigma`` above its noise (``noise``: each
+    pixel's std, so a bright track's own photon noise counts; a star whose peak is 5 sigma gives
+    ~10 sigma there, a noise peak does not), and which fall off along the track: 2 px away on
+    either side the light is below ``shoulder`` of the peak (a star of 2-3.7 px FWHM: 0.3-0.45).
+    An aircraft's strobe flash or a satellite's glint is a bright blob on the line too, but a flat
+    one at least 8 px long, whose noise makes many local maxima. The track's level is a median per
+    1-px offset, which misses a steep track profile by up to ``model_error`` of the level: that much
+    is added to the noise."""
     values = residual[rows, cols]
-    position = np.floor(along / bin_px).astype(np.int64)
-    out = np.zeros(values.shape, bool)
-    if not core.any():
-        return out
-    keys = position[core]
-    order = np.argsort(keys)
-    bins, starts = np.unique(keys[order], return_index=True)
-    chunks = np.split(values[core][order], starts[1:])
-    medians = np.array([np.median(chunk) for chunk in chunks])
-    scatter = np.array([1.4826 * np.median(np.abs(chunk - np.median(chunk))) for chunk in chunks])
-    which = np.searchsorted(bins, np.clip(position, bins[0], bins[-1]))
-    which = np.clip(which, 0, bins.size - 1)
-    level, noise = medians[which], np.maximum(scatter[which], background_rms)
+    level = _LowerLevel(*(_TrackLevel(values, along, offset, valid, bin_px=b) for b in bins_px))
+    track_level = level.at(along, offset)
+    excess = np.where(valid, values - track_level, 0)
     ny, nx = residual.shape
     neighbours = np.max(np.stack([residual[np.clip(rows + dy, 0, ny - 1), np.clip(cols + dx, 0, nx - 1)] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]), axis=0)
-    return core & (values - level > sigma * noise) & (values >= neighbours)
+    box = 9 * ndimage.uniform_filter(excess.astype(np.float32), size=3, mode="constant")
+    pixel_noise = np.broadcast_to(np.asarray(noise, np.float32), residual.shape)[rows, cols]
+    box_noise = 3 * np.sqrt(ndimage.uniform_filter(np.square(pixel_noise) + np.square(model_error * track_level), size=3, mode="nearest"))
+    peaks = valid & (values >= neighbours) & (box > sigma * box_noise)
+    protect = np.zeros(values.shape, bool)
+    if not peaks.any():
+        return protect
+    c, s = np.cos(track.angle), np.sin(track.angle)
+    pi, pj = np.nonzero(peaks)
+    r0, c0 = rows[pi, pj].astype(float), cols[pi, pj].astype(float)
+    shoulders = []
+    for step in (-2.0, 2.0):  # (row, col) moves along the line: (cos, -sin)
+        pr, pc = r0 + step * c, c0 - step * s
+        sampled = ndimage.map_coordinates(residual, [pr, pc], order=1, mode="nearest")
+        shoulders.append(sampled - level.at(-pc * s + pr * c, pc * c + pr * s - track.distance))
+    star = np.maximum(*shoulders) < shoulder * excess[pi, pj]
+    n_steps, n_spread = values.shape
+    for i, j in zip(pi[star], pj[star]):
+        i0, i1, j0, j1 = max(i - 5, 0), min(i + 6, n_steps), max(j - 5, 0), min(j + 6, n_spread)
+        protect[i0:i1, j0:j1] |= np.hypot(along[i0:i1, j0:j1] - along[i, j], offset[i0:i1, j0:j1] - offset[i, j]) <= radius
+    return protect
 
 
-def track_mask(image: np.ndarray, tracks: list[Track], *, background: np.ndarray, background_rms: float, known_bad: np.ndarray | None = None, half_width: float = 10.0, sigma: float = 3.0, core_half_width: float = 2.5) -> np.ndarray:
+def _track_present(values: np.ndarray, along: np.ndarray, core: np.ndarray, background_rms: float, *, bin_px: int = 16, sigma: float = 4.0, bridge_bins: int = 3, min_run_px: float = 112.0) -> np.ndarray:
+    """Which core cells lie where the track is actually seen: the median of the core over each
+    ``bin_px`` along the line stands ``sigma`` times its own noise above the background. A line
+    found by the Hough transform crosses the whole frame, but a satellite can enter the Earth's
+    shadow part-way, and the stars on the rest of the line must not be masked. Gaps of up to
+    ``bridge_bins`` bins (an aircraft between two flashes) are bridged; stretches shorter than
+    ``min_run_px`` are dropped (a chance alignment of star halos, not a track)."""
+    position = np.floor(along / bin_px).astype(np.int64)
+    present = np.zeros(values.shape, bool)
+    if not core.any():
+        return present
+    keys = position[core]
+    lo = keys.min()
+    order = np.argsort(keys, kind="stable")
+    bins, starts, counts = np.unique(keys[order], return_index=True, return_counts=True)
+    medians = np.array([np.median(c) for c in np.split(values[core][order], starts[1:])])
+    seen = np.zeros(int(keys.max() - lo) + 1, bool)
+    seen[bins - lo] = medians > sigma * 1.2533 * background_rms / np.sqrt(counts)
+    seen = ndimage.binary_closing(seen, structure=np.ones(2 * bridge_bins + 1, bool), border_value=0) | seen
+    runs, n = ndimage.label(seen)
+    if n:
+        lengths = ndimage.sum(seen, runs, np.arange(1, n + 1)) * bin_px
+        seen &= np.isin(runs, 1 + np.flatnonzero(lengths >= min_run_px))
+    present[core] = seen[np.clip(keys - lo, 0, seen.size - 1)]
+    return present
+
+
+def track_mask(image: np.ndarray, tracks: list[Track], *, background: np.ndarray, background_rms: float, noise=None, known_bad: np.ndarray | None = None, half_width: float = 10.0, sigma: float = 3.0, core_half_width: float = 2.5) -> np.ndarray:
     """The paper's rule: pixels within ``half_width`` of a track standing ``sigma`` above the
-    background, kept where they connect to the track's core, plus the core itself. Stars are never
-    marked: compact sources are found again with the track cores hidden (so a star the track runs
-    through is still compact), and peaks inside a core that stand above the track are protected."""
+    background, kept where they connect to the track's core, plus the core itself where the track
+    is seen. Stars in the band (round peaks standing above the track, see ``_stars_in_band``) are
+    left unmasked. ``noise``: each pixel's std (the variance plane's root; default the background
+    rms)."""
     ny, nx = image.shape
     mask = np.zeros((ny, nx), bool)
     if not tracks:
         return mask
     residual = image - background
-    bands = [_band((ny, nx), t, half_width) for t in tracks]
-    cores = np.zeros((ny, nx), bool)
-    for rows, cols, offset, _, valid in bands:
-        inside = valid & (np.abs(offset) <= core_half_width)
-        cores[rows[inside], cols[inside]] = True
-    hidden = cores if known_bad is None else cores | known_bad
-    stars = compact_source_mask(np.where(hidden, 0.0, residual), background_rms, mask=hidden)
-    for rows, cols, offset, along, valid in bands:
+    margin = 5.0  # a star near the band's edge is judged on all of its light
+    for track in tracks:
+        rows, cols, offset, along, wide = _band((ny, nx), track, half_width + margin)
+        valid = wide & (np.abs(offset) <= half_width)
+        values = residual[rows, cols]
         core = valid & (np.abs(offset) <= core_half_width)
-        candidate = valid & ((residual[rows, cols] > sigma * background_rms) | core)
+        core &= _track_present(values, along, core, background_rms)
+        if not core.any():
+            continue
+        candidate = valid & ((values > sigma * background_rms) | core)
         labels, _ = ndimage.label(candidate)
         touching = np.unique(labels[core & candidate])
         keep = np.isin(labels, touching[touching > 0]) & candidate
-        protect = _peaks_above_track(residual, rows, cols, along, core, background_rms)
-        protect = ndimage.binary_dilation(protect, iterations=2) & valid
-        keep &= ~protect
+        keep &= ~_stars_in_band(residual, background_rms if noise is None else noise, rows, cols, offset, along, wide, track)
         mask[rows[keep], cols[keep]] = True
-    return mask & ~stars
+    return mask

@@ -18,10 +18,9 @@ from pathlib import Path
 import dask
 import numpy as np
 import pyarrow as pa
-import sep
 
 from mstlake.astro import night_to_mjd_local_noon
-from mstlake.calib import apply, bias, cosmics, flat, tracks
+from mstlake.calib import apply, artefacts, bias, flat
 from mstlake.calib.combine import clipped_mean, screen_frames
 from mstlake.config import CalibrationConfig, InstrumentConfig
 from mstlake.lake import cubes
@@ -130,22 +129,12 @@ def _calibrate_science(path, exptime, index, staging, masters, cfg: CalibrationC
         image, variance = apply.calibrate(raw, master_bias=master, flat=small, bias_std=bias_std, gain=det.gain_e_per_adu, dark_adu=dark)
         mask = apply.static_mask(raw, bad=bad > 0, pepper_salt=ps, saturation_adu=det.saturation_adu)
         known_bad = mask > 0
-        background = sep.Background(image, mask=known_bad)
-        back, rms = background.back(), background.globalrms
-        stars = tracks.compact_source_mask(image - back, rms, mask=known_bad)
-        found = tracks.find_tracks(image, background=back, noise=np.sqrt(variance), exclude=stars | known_bad, pixel_sigma=cfg.track_pixel_sigma, min_significance=cfg.track_min_significance)
-        track_pixels = tracks.track_mask(image, found, background=back, background_rms=rms, known_bad=known_bad, half_width=cfg.track_half_width_px, sigma=cfg.track_mask_sigma, core_half_width=cfg.track_core_half_width_px)
-        mask[track_pixels] |= apply.TRACK
-        fwhm = cosmics.sharpest_fwhm(image - back, rms, known_bad | track_pixels)
-        hits = cosmics.cosmic_ray_mask(
-            image, variance, back, known_bad=known_bad | track_pixels, fwhm_px=fwhm, gain=det.gain_e_per_adu, read_noise_e=det.read_noise_e,
-            saturation_adu=det.saturation_adu, min_snr=cfg.cosmic_min_snr, significance=cfg.cosmic_significance, grow_sigma=cfg.cosmic_grow_sigma,
-            lacosmic_objlim=cfg.cosmic_lacosmic_objlim,
-        )
-        mask[hits] |= apply.COSMIC_RAY
-        stored, _ = cubes.quantise(image, rms)
+        found = artefacts.artefact_masks(image, variance, known_bad, cfg=cfg, gain=det.gain_e_per_adu, read_noise_e=det.read_noise_e, saturation_adu=det.saturation_adu)
+        mask[found.tracks] |= apply.TRACK
+        mask[found.cosmic_rays] |= apply.COSMIC_RAY
+        stored, _ = cubes.quantise(image, found.background_rms)
         cubes.write_frame(staging, index, image=stored, variance=variance, mask=mask)
-        return index, None, {"tracks": len(found), "cosmic_ray_pixels": int(hits.sum()), "fwhm_px": fwhm}
+        return index, None, {"tracks": len(found.found_tracks), "cosmic_ray_pixels": int(found.cosmic_rays.sum()), "fwhm_px": found.fwhm_px}
     except Exception as err:  # a frame's failure is recorded, the night goes on
         return index, f"{type(err).__name__}: {err}", {"traceback": traceback.format_exc(limit=3)}
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import sep
 
-from mstlake.calib import apply, cosmics, tracks
+from mstlake.calib import apply, artefacts, cosmics, tracks
 from mstlake.config import load_field
 from mstlake.simulate.frames import build_survey, make_exposure
 from mstlake.simulate.schedule import Exposure
 
 
-def _frames(instrument, sim_config, *, satellites: float, cosmic_rate: float, seed: int, count: int):
-    observing = dataclasses.replace(sim_config.observing, cosmic_rays_per_cm2_per_min=cosmic_rate, satellite_frame_fraction=satellites, cloudy_frame_fraction=0.0, aircraft_frame_fraction=0.0)
+def _frames(instrument, sim_config, *, satellites: float, cosmic_rate: float, seed: int, count: int, aircraft: float = 0.0):
+    observing = dataclasses.replace(sim_config.observing, cosmic_rays_per_cm2_per_min=cosmic_rate, satellite_frame_fraction=satellites, cloudy_frame_fraction=0.0, aircraft_frame_fraction=aircraft)
     survey = build_survey(seed=seed, instrument=instrument, sim=dataclasses.replace(sim_config, observing=observing), field_cfg=load_field("f02"), telescopes=["MST2"], nights=[20230118], scale=0.08)
     detector = survey.telescopes["MST2"].detector
     flat = detector.pixel_response(0)
@@ -66,32 +66,47 @@ def test_static_mask_bits_are_exact():
 
 @pytest.fixture(scope="module")
 def track_frames(instrument, sim_config):
-    return _frames(instrument, sim_config, satellites=1.0, cosmic_rate=1.5, seed=21, count=10)
+    return _frames(instrument, sim_config, satellites=1.0, aircraft=0.4, cosmic_rate=1.5, seed=21, count=12)
 
 
-def test_satellite_tracks_are_found_and_star_cores_spared(track_frames):
+def test_satellite_and_aircraft_tracks_are_found_and_star_cores_spared(track_frames, pipeline_config):
     true_pixels = flagged_true = star_cores = cores_flagged = 0
-    for result, image, variance, bad, background, rms in track_frames:
-        stars = tracks.compact_source_mask(image - background, rms, mask=bad)
-        found = tracks.find_tracks(image, background=background, noise=np.sqrt(variance), exclude=stars | bad)
-        mask = tracks.track_mask(image, found, background=background, background_rms=rms, known_bad=bad)
+    aircraft = 0
+    for result, image, variance, bad, _, _ in track_frames:
+        found = artefacts.artefact_masks(image, variance, bad, cfg=pipeline_config.calibration, gain=0.25, read_noise_e=1.03, saturation_adu=50000)
         truth, cores, _ = _truth_maps(result, image.shape)
         true_pixels += (truth & ~bad).sum()
-        flagged_true += (truth & mask & ~bad).sum()
+        flagged_true += (truth & found.tracks & ~bad).sum()
         star_cores += (cores & ~bad & ~truth).sum()
-        cores_flagged += (cores & mask & ~bad & ~truth).sum()
-        assert len(found) <= result.truth["n_satellites"] + 1
+        cores_flagged += (cores & found.tracks & ~bad & ~truth).sum()
+        # an aircraft's two strobe lines may be found as two tracks
+        assert len(found.found_tracks) <= result.truth["n_satellites"] + 2 * result.truth["n_aircraft"] + 1
+        aircraft += result.truth["n_aircraft"]
+    assert aircraft >= 3
     assert flagged_true / true_pixels >= 0.9
-    assert cores_flagged / star_cores < 0.01
+    # stars a pixel or two from a bright track are the ones still flagged (0.1-0.4% over seeds)
+    assert cores_flagged / star_cores < 0.005
 
 
-def test_no_false_tracks_without_satellites(instrument, sim_config):
+def test_no_false_tracks_without_satellites(instrument, sim_config, pipeline_config):
     frames = _frames(instrument, sim_config, satellites=0.0, cosmic_rate=1.5, seed=22, count=20)
     false_tracks = 0
-    for _, image, variance, bad, background, rms in frames:
-        stars = tracks.compact_source_mask(image - background, rms, mask=bad)
-        false_tracks += len(tracks.find_tracks(image, background=background, noise=np.sqrt(variance), exclude=stars | bad))
+    for _, image, variance, bad, _, _ in frames:
+        found = artefacts.artefact_masks(image, variance, bad, cfg=pipeline_config.calibration, gain=0.25, read_noise_e=1.03, saturation_adu=50000)
+        false_tracks += found.tracks.sum() > 100
     assert false_tracks <= 1  # <= 1 false track per 20 frames
+
+
+def test_crossing_tracks_are_not_taken_for_a_star():
+    rng = np.random.default_rng(3)
+    image = rng.normal(0, 1, (200, 200)).astype(np.float32)
+    yy, xx = np.mgrid[0:200, 0:200]
+    for angle in (0.3, 1.9):  # two tracks crossing near the centre
+        distance = np.abs((xx - 100) * np.sin(angle) - (yy - 100) * np.cos(angle))
+        image += 6 * np.exp(-0.5 * (distance / 1.2) ** 2)
+    image += 200 * np.exp(-0.5 * ((xx - 40) ** 2 + (yy - 160) ** 2) / 1.3**2)  # a star
+    stars = tracks.compact_source_mask(image, 1.0)
+    assert stars[160, 40] and not stars[100, 100] and stars.mean() < 0.01
 
 
 def test_cosmic_rays_found_and_star_cores_spared(instrument, sim_config):
