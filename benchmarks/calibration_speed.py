@@ -98,8 +98,8 @@ def main() -> None:
     def compute(*delayed):
         return dask.compute(*delayed)
 
-    master, _ = timed(results, "master_bias_10_frames", lambda: compute(*cal.master_bias_graph(bias_paths[:10], bias_rows.median_adu[:10].tolist(), bias_rows.robust_std_adu[:10].tolist(), shape, cfg)), args.workers)
     ps_mask, bias_std = timed(results, "pepper_salt_map_100_frames", lambda: compute(*cal.pepper_salt_graph(bias_paths[10:110], shape, cfg)), args.workers)
+    master, _ = timed(results, "master_bias_10_frames", lambda: compute(*cal.master_bias_graph(bias_paths[:10], bias_rows.median_adu[:10].tolist(), bias_rows.robust_std_adu[:10].tolist(), shape, cfg, bias_std)), args.workers)
     (hot,) = timed(results, "hot_pixels_3_darks", lambda: compute(cal.hot_graph(darks, master, shape, cfg)), args.workers)
 
     def nightly():

@@ -27,6 +27,23 @@ class Track:
     length_px: float
 
 
+def _bin(array: np.ndarray, f: int, how: str) -> np.ndarray:
+    """Block reduction by ``f`` x ``f`` ("mean", "all" or "any"), trailing rows/columns dropped;
+    strided slices, several times quicker than a reshaped reduction over two axes."""
+    by, bx = array.shape[0] // f, array.shape[1] // f
+    parts = (array[dy : f * by : f, dx : f * bx : f] for dy in range(f) for dx in range(f))
+    if how == "mean":
+        total = np.zeros((by, bx), np.float32)
+        for part in parts:
+            total += part
+        return total / np.float32(f * f)
+    combine = np.logical_and if how == "all" else np.logical_or
+    out = next(parts).copy()
+    for part in parts:
+        combine(out, part, out=out)
+    return out
+
+
 def compact_source_mask(image: np.ndarray, background_rms: float, *, mask: np.ndarray | None = None, max_elongation: float = 2.5, min_fill: float = 0.3, thresh: float = 3.0, minarea: int = 3, bin_factor: int = 2) -> np.ndarray:
     """Pixels of stars and other compact sources; elongated ones (track pieces) are left out so a
     track survives. Connected pixels above ``thresh`` sigma on a ``bin_factor``-binned image, kept
@@ -38,10 +55,10 @@ def compact_source_mask(image: np.ndarray, background_rms: float, *, mask: np.nd
     ny, nx = image.shape
     f = bin_factor
     by, bx = ny // f, nx // f
-    data = np.asarray(image[: f * by, : f * bx], dtype=np.float32).reshape(by, f, bx, f).mean(axis=(1, 3))
+    data = _bin(np.asarray(image, dtype=np.float32), f, "mean")
     above = data > thresh * background_rms / f
     if mask is not None:
-        above &= ~mask[: f * by, : f * bx].reshape(by, f, bx, f).all(axis=(1, 3))
+        above &= ~_bin(mask, f, "all")
     labels, n = ndimage.label(above, structure=np.ones((3, 3), bool))
     full = np.zeros((ny, nx), bool)
     if n == 0:
@@ -69,27 +86,25 @@ def binning_factor(shape: tuple[int, int], target_pixels: float = 4e6) -> int:
     return max(2, int(np.ceil(np.sqrt(shape[0] * shape[1] / target_pixels))))
 
 
-def find_tracks(image: np.ndarray, *, background: np.ndarray, noise, exclude: np.ndarray, pixel_sigma: float = 2.0, min_significance: float = 10.0, max_tracks: int = 10, seed: int = 0) -> list[Track]:
-    """Straight tracks in a calibrated image. ``noise``: each pixel's standard deviation (the
-    square root of the variance plane; a single number will do for uniform noise, but the sky
-    noise of a vignetted field varies by ~10%, and lines through its noisier parts would then
-    collect more noise pixels). ``exclude``: pixels to ignore (stars, bad pixels).
+def find_tracks(residual: np.ndarray, *, variance, exclude: np.ndarray, pixel_sigma: float = 2.0, min_significance: float = 10.0, max_tracks: int = 10, seed: int = 0) -> list[Track]:
+    """Straight tracks in a calibrated image less its background (``residual``). ``variance``:
+    each pixel's (the variance plane; a single number will do for uniform noise, but the sky noise
+    of a vignetted field varies by ~10%, and lines through its noisier parts would then collect
+    more noise pixels). ``exclude``: pixels to ignore (stars, bad pixels).
 
     The count a Hough cell would hold from noise alone is measured, not modelled: the transform of a
     fixed random quarter of the usable pixels reproduces the discreteness of the transform (at 45
     degrees integer distance bins alternately hold one and two pixel diagonals) and every masked
     region. One line at a time: take the most significant cell, refine the line on its pixels,
     remove them, repeat."""
-    ny, nx = image.shape
+    ny, nx = residual.shape
     # the paper bins by 2; a track narrower than a bin has the same S/N per binned pixel whatever the
     # bin, so larger frames are binned more (to ~4 Mpx) to keep the transform fast
-    f = binning_factor(image.shape)
-    residual = np.where(exclude, 0.0, image - background)
+    f = binning_factor(residual.shape)
     by, bx = ny // f, nx // f
-    binned = residual[: f * by, : f * bx].reshape(by, f, bx, f).mean(axis=(1, 3))
-    usable = ~exclude[: f * by, : f * bx].reshape(by, f, bx, f).any(axis=(1, 3))
-    noise = np.broadcast_to(np.asarray(noise, dtype=np.float32), image.shape)
-    binned_noise = np.sqrt((noise[: f * by, : f * bx] ** 2).reshape(by, f, bx, f).mean(axis=(1, 3))) / f
+    usable = ~_bin(exclude, f, "any")
+    binned = np.where(usable, _bin(residual, f, "mean"), np.float32(0))
+    binned_noise = np.sqrt(_bin(np.broadcast_to(np.asarray(variance, dtype=np.float32), residual.shape), f, "mean")) / f
     hot = (binned > pixel_sigma * binned_noise) & usable
     p = max(hot.sum() / max(usable.sum(), 1), 1e-6)
     sample_fraction = 0.25
@@ -190,10 +205,10 @@ class _LowerLevel:
         return np.min([level.at(along, offset) for level in self.levels], axis=0)
 
 
-def _stars_in_band(residual: np.ndarray, noise, rows, cols, offset, along, valid, track: Track, *, bins_px: tuple[int, int] = (16, 64), sigma: float = 6.0, model_error: float = 0.15, shoulder: float = 0.75, radius: float = 3.0) -> np.ndarray:
+def _stars_in_band(residual: np.ndarray, variance, rows, cols, offset, along, valid, track: Track, *, bins_px: tuple[int, int] = (16, 64), sigma: float = 6.0, model_error: float = 0.15, shoulder: float = 0.75, radius: float = 3.0) -> np.ndarray:
     """Band cells to leave unmasked because they belong to a star: local maxima whose light above
-    the track's own level, summed over 3x3 pixels, stands ``sigma`` above its noise (``noise``: each
-    pixel's std, so a bright track's own photon noise counts; a star whose peak is 5 sigma gives
+    the track's own level, summed over 3x3 pixels, stands ``sigma`` above its noise (from each
+    pixel's ``variance``, so a bright track's own photon noise counts; a star whose peak is 5 sigma gives
     ~10 sigma there, a noise peak does not), and which fall off along the track: 2 px away on
     either side the light is below ``shoulder`` of the peak (a star of 2-3.7 px FWHM: 0.3-0.45).
     An aircraft's strobe flash or a satellite's glint is a bright blob on the line too, but a flat
@@ -207,8 +222,8 @@ def _stars_in_band(residual: np.ndarray, noise, rows, cols, offset, along, valid
     ny, nx = residual.shape
     neighbours = np.max(np.stack([residual[np.clip(rows + dy, 0, ny - 1), np.clip(cols + dx, 0, nx - 1)] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]), axis=0)
     box = 9 * ndimage.uniform_filter(excess.astype(np.float32), size=3, mode="constant")
-    pixel_noise = np.broadcast_to(np.asarray(noise, np.float32), residual.shape)[rows, cols]
-    box_noise = 3 * np.sqrt(ndimage.uniform_filter(np.square(pixel_noise) + np.square(model_error * track_level), size=3, mode="nearest"))
+    pixel_variance = np.broadcast_to(np.asarray(variance, np.float32), residual.shape)[rows, cols]
+    box_noise = 3 * np.sqrt(ndimage.uniform_filter(pixel_variance + np.square(model_error * track_level), size=3, mode="nearest"))
     peaks = valid & (values >= neighbours) & (box > sigma * box_noise)
     protect = np.zeros(values.shape, bool)
     if not peaks.any():
@@ -256,17 +271,16 @@ def _track_present(values: np.ndarray, along: np.ndarray, core: np.ndarray, back
     return present
 
 
-def track_mask(image: np.ndarray, tracks: list[Track], *, background: np.ndarray, background_rms: float, noise=None, known_bad: np.ndarray | None = None, half_width: float = 10.0, sigma: float = 3.0, core_half_width: float = 2.5) -> np.ndarray:
+def track_mask(residual: np.ndarray, tracks: list[Track], *, background_rms: float, variance=None, half_width: float = 10.0, sigma: float = 3.0, core_half_width: float = 2.5) -> np.ndarray:
     """The paper's rule: pixels within ``half_width`` of a track standing ``sigma`` above the
     background, kept where they connect to the track's core, plus the core itself where the track
     is seen. Stars in the band (round peaks standing above the track, see ``_stars_in_band``) are
-    left unmasked. ``noise``: each pixel's std (the variance plane's root; default the background
-    rms)."""
-    ny, nx = image.shape
+    left unmasked. ``residual``: the calibrated image less its background; ``variance``: each
+    pixel's (default: the background rms squared)."""
+    ny, nx = residual.shape
     mask = np.zeros((ny, nx), bool)
     if not tracks:
         return mask
-    residual = image - background
     margin = 5.0  # a star near the band's edge is judged on all of its light
     for track in tracks:
         rows, cols, offset, along, wide = _band((ny, nx), track, half_width + margin)
@@ -280,6 +294,6 @@ def track_mask(image: np.ndarray, tracks: list[Track], *, background: np.ndarray
         labels, _ = ndimage.label(candidate)
         touching = np.unique(labels[core & candidate])
         keep = np.isin(labels, touching[touching > 0]) & candidate
-        keep &= ~_stars_in_band(residual, background_rms if noise is None else noise, rows, cols, offset, along, wide, track)
+        keep &= ~_stars_in_band(residual, background_rms**2 if variance is None else variance, rows, cols, offset, along, wide, track)
         mask[rows[keep], cols[keep]] = True
     return mask

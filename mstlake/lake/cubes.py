@@ -30,8 +30,11 @@ QUANTISATION_FRACTION = 1.0 / 16.0
 def quantise(image: np.ndarray, noise: float, fraction: float = QUANTISATION_FRACTION) -> tuple[np.ndarray, float]:
     """Round to steps of ``fraction`` of the noise (deterministically, so re-runs give identical
     bytes); returns the image and the step."""
-    step = float(max(noise * fraction, 1e-6))
-    return (np.round(image / step) * step).astype(np.float32), step
+    step = np.float32(max(noise * fraction, 1e-6))
+    out = np.divide(image, step, dtype=np.float32)
+    np.rint(out, out=out)
+    out *= step
+    return out, float(step)
 
 
 def _encoding(schema: CubeSchema, shape: tuple[int, ...]) -> dict:

@@ -134,7 +134,7 @@ def _calibrate_science(path, exptime, index, staging, masters, cfg: CalibrationC
         mask[found.cosmic_rays] |= apply.COSMIC_RAY
         stored, _ = cubes.quantise(image, found.background_rms)
         cubes.write_frame(staging, index, image=stored, variance=variance, mask=mask)
-        return index, None, {"tracks": len(found.found_tracks), "cosmic_ray_pixels": int(found.cosmic_rays.sum()), "fwhm_px": found.fwhm_px}
+        return index, None, {"tracks": len(found.found_tracks), "cosmic_ray_pixels": int(found.cosmic_rays.sum()), "star_peak_fraction": found.star_peak_fraction}
     except Exception as err:  # a frame's failure is recorded, the night goes on
         return index, f"{type(err).__name__}: {err}", {"traceback": traceback.format_exc(limit=3)}
 
