@@ -93,7 +93,15 @@ def main() -> None:
         curve[len(used)] = {"rms": round(float(np.std((combined / true_small - 1)[inner][good])), 5), "photon_limit": round(limit, 5)}
     out["small_flat_rms_by_nights"] = curve
     pipeline_flat = masters.small_flat.values
-    out["small_flat_rms_pipeline"] = round(float(np.std((pipeline_flat / true_small - 1)[inner][good])), 5)
+    residual = (pipeline_flat / true_small - 1)[inner]
+    out["small_flat_rms_pipeline"] = round(float(np.std(residual[good])), 5)
+    # where a dust shadow arrived during the run, the nights before it are left out there
+    changed = np.zeros(true_small.shape, bool)
+    for night in nights:
+        changed |= np.abs(flat.small_scale(fits.getdata(paths.nightly_flat("MST2", night)).astype(np.float32), cfg.flat_smoothing_px) / true_small - 1) > 2e-4
+    changed = changed[inner]
+    out["small_flat_rms_where_the_flat_did_not_change"] = {"pixels": round(float(np.mean(~changed[good])), 4), "rms": round(float(np.std(residual[good & ~changed])), 5)}
+    out["small_flat_rms_where_it_changed"] = {"pixels": round(float(np.mean(changed[good])), 4), "rms": round(float(np.std(residual[good & changed])), 5)}
 
     # tracks, cosmic rays, star cores, saturation, storage
     totals = dict(track_px=0, track_hit=0, cr_events=0, cr_hit=0, cores=0, cores_flagged=0, saturation_mismatch=0, false_track_frames=0, clean_frames=0)
