@@ -1,0 +1,80 @@
+"""Source extraction with sep on a calibrated image, its variance and its mask.
+
+Detection on the background-subtracted image with the variance plane as the noise (so vignetted
+corners and pepper-and-salt pixels get their own thresholds), masked pixels ignored, close pairs
+deblended; then windowed (Gaussian-weighted) centroids, which for barely sampled stars are ~2x more
+precise than isophotal barycentres, and shapes. A plain function: arrays in, a table out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import sep
+from scipy.spatial import cKDTree
+
+# sep's flag bits, plus ours
+SEP_FLAGS = {"crowded": 1, "merged": 2, "saturated_object": 4, "truncated": 8, "aperture_truncated": 16, "aperture_corrupted": 32}
+MASKED = 512  # a masked pixel within 2 px of the centroid (bad, saturated, PS, track, cosmic ray)
+NEIGHBOUR = 1024  # another source within 3 FWHM: its light is inside the centroid window
+
+
+@dataclass(frozen=True)
+class Extraction:
+    sources: pd.DataFrame
+    background: np.ndarray  # float32 map
+    background_rms: float
+
+
+def extract_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *, thresh: float = 3.0, minarea: int = 5, deblend_nthresh: int = 32, deblend_cont: float = 0.005, ignore_bits: int = 4) -> Extraction:
+    """Detect and measure the sources of a calibrated ``image`` (ADU) with its ``variance`` and
+    uint8 ``mask``. Mask bits in ``ignore_bits`` (default: pepper-and-salt, whose variance already
+    says how far to trust them) do not hide pixels. Columns: x, y (windowed, 0-based), x_iso, y_iso,
+    flux (isophotal), peak, npix, a, b, theta, fwhm, ellipticity, snr, flag."""
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    hidden = (np.asarray(mask) & ~np.uint8(ignore_bits)) > 0
+    background = sep.Background(image, mask=hidden)
+    residual = image - background.back()
+    variance = np.ascontiguousarray(variance, dtype=np.float32)
+    sep.set_extract_pixstack(50_000_000)
+    sep.set_sub_object_limit(4096)
+    objects = sep.extract(residual, thresh, var=variance, mask=hidden, minarea=minarea, deblend_nthresh=deblend_nthresh, deblend_cont=deblend_cont)
+    if len(objects) == 0:
+        return Extraction(pd.DataFrame(columns=["x", "y", "x_iso", "y_iso", "flux", "peak", "npix", "a", "b", "theta", "fwhm", "ellipticity", "snr", "flag"]), background.back(), float(background.globalrms))
+    x, y = objects["x"], objects["y"]
+    # half-light radius within 6 isophotal semi-axes -> a Gaussian-equivalent width for the window
+    radius, _ = sep.flux_radius(residual, x, y, 6.0 * objects["a"], 0.5, subpix=5)
+    sigma = np.clip(np.nan_to_num(radius, nan=1.0) * 2.0 / 2.3548, 0.5, 10.0)
+    xw, yw, wflag = sep.winpos(residual, x, y, sigma, mask=hidden)
+    fluxerr = np.sqrt(np.maximum(sep.sum_ellipse(variance, x, y, objects["a"], objects["b"], objects["theta"], 2.5, subpix=1)[0], 1e-12))
+    flux_auto, _, _ = sep.sum_ellipse(residual, x, y, objects["a"], objects["b"], objects["theta"], 2.5, subpix=1)
+    near_masked = _near(hidden, x, y, 2)
+    fwhm = 2.0 * np.nan_to_num(radius, nan=0.0)
+    typical_fwhm = float(np.median(fwhm[fwhm > 0])) if np.any(fwhm > 0) else 3.0
+    if len(x) > 1:
+        distance, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
+        crowded = distance[:, 1] < 3.0 * typical_fwhm
+    else:
+        crowded = np.zeros(len(x), bool)
+    good_window = (wflag == 0) & np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x, yw - y) < 2.0)
+    table = pd.DataFrame({
+        "x": np.where(good_window, xw, x), "y": np.where(good_window, yw, y), "x_iso": x, "y_iso": y,
+        "flux": objects["flux"].astype(np.float64), "peak": objects["peak"], "npix": objects["npix"],
+        "a": objects["a"], "b": objects["b"], "theta": objects["theta"],
+        "fwhm": fwhm, "ellipticity": 1.0 - objects["b"] / np.maximum(objects["a"], 1e-6),
+        "snr": flux_auto / fluxerr,
+        "flag": objects["flag"].astype(np.int32) | np.where(near_masked, MASKED, 0) | np.where(crowded, NEIGHBOUR, 0),
+    })
+    return Extraction(table, background.back(), float(background.globalrms))
+
+
+def _near(hidden: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> np.ndarray:
+    ny, nx = hidden.shape
+    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+    out = np.zeros(x.size, bool)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            out |= hidden[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)]
+    return out
