@@ -109,8 +109,9 @@ def ingest(field_name, raw_dir, lake_dir, force, quiet, config_dir):
     """Run every pipeline stage that exists on a field's raw data.
 
     Now: the inventory, then calibration (master bias, pepper-and-salt map, bad pixels, flats over
-    +-5 nights, calibrated Zarr cubes with variance and masks). Astrometry, photometry and the
-    archive join as they land.
+    +-5 nights, calibrated Zarr cubes with variance and masks), then astrometry (blind solve and
+    TAN-SIP per frame against the field's reference catalogue, into the astrometry table).
+    Photometry and the archive join as they land.
     """
     report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force)
     if not report.usable:
@@ -155,12 +156,13 @@ def demo(out_dir, seed, quiet):
     summary = run(request, paths.simulation, instrument=instrument, sim=sim, field_cfg=field_cfg, progress=not quiet)
     _print_simulation(summary, time.perf_counter() - started)
     console.rule("[bold]mstlake ingest --field f02")
-    report = _ingest("f02", paths.simulation.raw, paths.lake.root, None, progress=not quiet)
+    report = _ingest("f02", paths.simulation.raw, paths.lake.root, None, progress=not quiet, reference_base=paths.root)
     console.rule("[bold]summary")
     console.print(
         f"{report.total_frames} frames in the lake at [cyan]{paths.lake.root}[/], {report.total_quarantined} files quarantined with reasons.\n"
         f"Tables: [cyan]{paths.lake.frames_table}[/], [cyan]{paths.lake.quarantine_table}[/], [cyan]{paths.lake.calibration_log_table}[/] (Parquet; pyarrow, pandas, DuckDB).\n"
         f"Calibrated cubes (Zarr v3, open with xarray.open_zarr): [cyan]{paths.lake.root / 'cubes'}[/]; masters: [cyan]{paths.lake.root / 'masters'}[/].\n"
+        f"Astrometric solutions (TAN-SIP FITS headers per frame): [cyan]{paths.lake.astrometry_table}[/].\n"
         f"Simulator truth: [cyan]{paths.simulation.truth}[/]."
     )
 
@@ -178,7 +180,7 @@ def _inventory(raw_dir: Path, lake: LakePaths, config_dir, *, progress: bool):
         _fail(str(err))
 
 
-def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, force: bool = False):
+def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, force: bool = False, reference_base: Path | None = None):
     try:
         field_cfg = cfg.load_field(field_name, config_dir)
     except cfg.ConfigError as err:
@@ -191,7 +193,25 @@ def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, f
     _print_inventory(report)
     if report.usable:
         _calibrate(lake, config_dir, progress=progress, force=force)
+        if field_cfg.reference is not None:
+            _astrometry(field_cfg, lake, config_dir, reference_base=reference_base or Path.cwd(), progress=progress)
     return report
+
+
+def _astrometry(field_cfg, lake: LakePaths, config_dir, *, reference_base: Path, progress: bool):
+    from mstlake.lake.refcat import ReferenceCatalogueError, load_reference
+    from mstlake.pipeline.astrometry import solve_field
+
+    try:
+        reference = load_reference(field_cfg, lake, base=reference_base)
+    except ReferenceCatalogueError as err:
+        err_console.print(f"[yellow]astrometry skipped:[/] {escape(str(err))}", soft_wrap=True)
+        return None
+    result = solve_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), cfg=cfg.load_pipeline(config_dir).astrometry, progress=progress)
+    console.print(f"astrometry: {result.solved} frames solved, {len(result.failed)} not ({len(reference)} reference stars); solutions in [cyan]{lake.astrometry_table}[/]")
+    for frame_id, reason in result.failed:
+        err_console.print(f"[yellow]frame {frame_id} not solved:[/] {escape(str(reason))}", soft_wrap=True)
+    return result
 
 
 def _calibrate(lake: LakePaths, config_dir, *, progress: bool, force: bool):

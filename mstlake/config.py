@@ -90,6 +90,18 @@ class InstrumentConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceCatalogueConfig:
+    """The field's reference catalogue: a Parquet, FITS-table or CSV file whose columns map onto
+    the ``standard_library`` schema (``columns``: our name -> the file's name, for those that
+    differ)."""
+
+    path: str
+    format: str = "auto"  # parquet, fits, csv, or auto (from the file name)
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)
+    margin_deg: float = 0.25  # beyond the field's footprint: pointing errors, rotation
+
+
+@dataclass(frozen=True)
 class FieldConfig:
     name: str
     centre_ra_deg: float
@@ -101,6 +113,7 @@ class FieldConfig:
     lake_dir: str
     aliases: tuple[str, ...] = ()
     centre_is_placeholder: bool = False
+    reference: ReferenceCatalogueConfig | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,9 +180,25 @@ class CalibrationConfig:
 
 
 @dataclass(frozen=True)
+class AstrometryConfig:
+    detect_sigma: float  # sep detection threshold, in units of each pixel's noise
+    min_area_px: int
+    bright_sources: int  # brightest sources matched by asterisms
+    scale_tolerance: float  # allowed pixel-scale error of the instrument config
+    max_pointing_error_arcmin: float
+    sip_degree: int
+    match_radius_px: float  # first matching radius after the blind solve
+    clip_sigma: float
+    min_matches: int  # fewer matched stars after refinement: the frame is not solved
+    scheduler: str
+    workers: int
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     inventory: InventoryConfig
     calibration: CalibrationConfig
+    astrometry: AstrometryConfig
 
 
 # --------------------------------------------------------------------------------------------------

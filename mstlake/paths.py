@@ -99,6 +99,14 @@ class LakePaths:
     def calibration_log_table(self) -> Path:
         return self.table("calibration_log")
 
+    @property
+    def astrometry_table(self) -> Path:
+        return self.table("astrometry")
+
+    def reference_catalogue(self, field: str) -> Path:
+        """The field's reference catalogue, cut to the field with a margin (Parquet)."""
+        return self.root / "reference" / f"{field}.parquet"
+
     def cube(self, field: str, band: str, night: int) -> Path:
         """Calibrated frames of one field, band and night (Zarr v3)."""
         return self.root / "cubes" / field / band / f"{night}.zarr"
@@ -186,7 +194,8 @@ class DemoPaths:
 
     @property
     def simulation(self) -> SimulationPaths:
-        return SimulationPaths(raw=self.root / "raw" / "f02", truth=self.root / "truth" / "f02")
+        # the truth beside the raw frames, where ingest/fields/f02.toml expects the reference catalogue
+        return SimulationPaths.beside(self.root / "raw" / "f02")
 
     @property
     def lake(self) -> LakePaths:

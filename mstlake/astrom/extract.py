@@ -38,7 +38,7 @@ def extract_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *
     background = sep.Background(image, mask=hidden)
     residual = image - background.back()
     variance = np.ascontiguousarray(variance, dtype=np.float32)
-    sep.set_extract_pixstack(50_000_000)
+    sep.set_extract_pixstack(max(300_000, image.size // 4))  # sep allocates it whole: scale it to the frame
     sep.set_sub_object_limit(4096)
     objects = sep.extract(residual, thresh, var=variance, mask=hidden, minarea=minarea, deblend_nthresh=deblend_nthresh, deblend_cont=deblend_cont)
     if len(objects) == 0:

@@ -37,7 +37,7 @@ class Solution:
     reference_index: np.ndarray  # ... and their reference stars
     residual_x_px: np.ndarray  # source minus projected reference, per match
     residual_y_px: np.ndarray
-    parity: int  # +1, or -1 for a mirrored image
+    parity: int  # of the pixel -> standard-coordinate map: +1 puts east to the right of north, as a mirror does; a sky image as normally seen is -1
 
 
 def standard_coordinates(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +89,7 @@ def refine(wcs: WCS, x, y, ref_ra, ref_dec, *, shape: tuple[int, int], sip_degre
     """Fit TAN-SIP by projecting the reference stars, matching, fitting and clipping, repeatedly.
     The match radius shrinks to 5x the fit's rms (never below 1 px); the SIP degree rises from 2 to
     ``sip_degree`` after the first passes, so the first matches are not pulled by an unfit
-    distortion."""
+    distortion, and only as far as there are >= 8 matched stars per polynomial term."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ny, nx = shape
     tree = cKDTree(np.column_stack([x, y]))
@@ -109,7 +109,9 @@ def refine(wcs: WCS, x, y, ref_ra, ref_dec, *, shape: tuple[int, int], sip_degre
         ref_idx, src_idx = ref_idx[order][first], src_idx[order][first]
         if len(ref_idx) < 10:
             raise SolveError(f"only {len(ref_idx)} reference stars matched within {radius:.1f} px")
-        degree = 2 if iteration < 2 else sip_degree
+        # a polynomial needs many stars per term, or it bends between them and at the edges
+        affordable = max((d for d in range(1, sip_degree + 1) if len(ref_idx) >= 8 * (d + 1) * (d + 2) / 2), default=1)
+        degree = min(2 if iteration < 2 else sip_degree, affordable)
         wcs = fit_tan_sip(x[src_idx], y[src_idx], ref_ra[ref_idx], ref_dec[ref_idx], shape=shape, degree=degree, guess=wcs)
         fx, fy = wcs.all_world2pix(ref_ra[ref_idx], ref_dec[ref_idx], 0, quiet=True)
         dx, dy = x[src_idx] - fx, y[src_idx] - fy

@@ -1,0 +1,68 @@
+"""The field's reference catalogue: read from the file the field config names (Parquet, FITS
+table or CSV), its columns mapped onto the ``standard_library`` schema, cut to the field with a
+margin, and cached in the lake so later stages (and re-runs) do not read the big file again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from astropy.table import Table
+
+from mstlake.config import FieldConfig, ReferenceCatalogueConfig
+from mstlake.lake.tables import read_table, write_table_atomic
+from mstlake.paths import LakePaths
+from mstlake.schemas import load_schema
+
+
+class ReferenceCatalogueError(RuntimeError):
+    """The reference catalogue cannot be read or lacks columns."""
+
+
+def _read(path: Path, fmt: str) -> pa.Table:
+    if not path.exists():
+        raise ReferenceCatalogueError(f"reference catalogue {path} does not exist (set [reference] path in the field config)")
+    if fmt == "auto":
+        name = path.name.lower()
+        fmt = "parquet" if name.endswith((".parquet", ".pq")) else "csv" if name.endswith((".csv", ".csv.gz")) else "fits" if name.endswith((".fits", ".fit", ".fits.gz")) else ""
+    try:
+        if fmt == "parquet":
+            return pq.read_table(path)
+        if fmt == "csv":
+            return pacsv.read_csv(path)
+        if fmt == "fits":
+            return pa.Table.from_pandas(Table.read(path, format="fits").to_pandas(), preserve_index=False)
+    except (OSError, ValueError, pa.ArrowInvalid) as err:
+        raise ReferenceCatalogueError(f"reference catalogue {path}: cannot read it as {fmt}: {err}") from None
+    raise ReferenceCatalogueError(f"reference catalogue {path}: unknown format {fmt!r} (parquet, fits or csv)")
+
+
+def load_reference(field: FieldConfig, lake: LakePaths, *, base: Path, refresh: bool = False) -> pa.Table:
+    """The field's reference stars (``standard_library`` schema) within the footprint plus margin,
+    from the lake's cache when it is there. ``base``: the directory a relative path is taken from."""
+    schema = load_schema("standard_library")
+    cache = lake.reference_catalogue(field.name)
+    if cache.exists() and not refresh:
+        return read_table(cache, schema)
+    ref: ReferenceCatalogueConfig | None = field.reference
+    if ref is None:
+        raise ReferenceCatalogueError(f"field {field.name} names no reference catalogue ([reference] in its config)")
+    path = Path(ref.path) if Path(ref.path).is_absolute() else base / ref.path
+    table = _read(path, ref.format)
+    renamed = {ours: ref.columns.get(ours, ours) for ours in schema.names}
+    missing = [f"{ours} (as {theirs!r})" for ours, theirs in renamed.items() if theirs not in table.column_names]
+    if missing:
+        raise ReferenceCatalogueError(f"reference catalogue {path} lacks columns {missing}; map them with [reference] columns in the field config")
+    table = pa.table({ours: table.column(theirs) for ours, theirs in renamed.items()})
+    ra, dec = table.column("ra").to_numpy(), table.column("dec").to_numpy()
+    half_w, half_h = field.width_deg / 2 + ref.margin_deg, field.height_deg / 2 + ref.margin_deg
+    # a rotated footprint reaches its diagonal: cut on a circle through the margin-widened corners
+    radius = np.hypot(half_w, half_h)
+    dra = (ra - field.centre_ra_deg + 180) % 360 - 180
+    near = np.hypot(dra * np.cos(np.radians(field.centre_dec_deg)), dec - field.centre_dec_deg) <= radius
+    table = schema.conform(table.filter(pa.array(near)))
+    write_table_atomic(table, cache, schema)
+    return table

@@ -1,0 +1,65 @@
+"""Astrometry over the calibrated cubes of a simulated night, against the simulator's truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from mstlake.config import ReferenceCatalogueConfig
+from mstlake.lake.refcat import ReferenceCatalogueError, load_reference
+from mstlake.lake.tables import read_table
+from mstlake.paths import LakePaths
+from mstlake.pipeline.astrometry import solve_field
+from mstlake.pipeline.calibrate import calibrate_nights
+from mstlake.pipeline.inventory import run_inventory
+from mstlake.schemas import load_schema
+from tests.conftest import read_truth_frames
+
+
+@pytest.fixture(scope="module")
+def solved(small_simulation, tmp_path_factory, instrument, fields, pipeline_config):
+    paths, _ = small_simulation
+    lake = LakePaths(tmp_path_factory.mktemp("lake"))
+    run_inventory(paths.raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
+    calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False)
+    field = fields["f02"]
+    field = type(field)(**{**field.__dict__, "reference": ReferenceCatalogueConfig(path=str(paths.standard_library))})
+    reference = load_reference(field, lake, base=paths.raw)
+    result = solve_field(lake, "f02", reference, instrument=instrument, cfg=pipeline_config.astrometry, progress=False)
+    return paths, lake, result, field
+
+
+def test_every_frame_is_solved_and_its_wcs_puts_stars_where_they_are(solved):
+    paths, lake, result, _ = solved
+    table = read_table(lake.astrometry_table, load_schema("astrometry")).to_pandas()
+    frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
+    truth = read_truth_frames(paths)
+    assert len(table) > 0 and (table.status == "solved").all(), result.failed
+    import pyarrow.parquet as pq
+
+    stars = pq.read_table(paths.stars).to_pandas().set_index("star_id")
+    for row in table.itertuples():
+        path = frames.loc[row.frame_id, "path"]
+        (match,) = [t for t in truth.itertuples() if path.endswith(t.file)]
+        stem = match.stem
+        wcs = WCS(fits.Header.fromstring(row.wcs_header))
+        assert row.mirrored == bool(match.mirrored)
+        on_frame = pq.read_table(paths.frame_stars(stem)).to_pandas()
+        on_frame = on_frame[on_frame.mag < 17]
+        x, y = wcs.all_world2pix(stars.loc[on_frame.star_id, "ra"].values, stars.loc[on_frame.star_id, "dec"].values, 0)
+        error = np.hypot(x - on_frame.x.values, y - on_frame.y.values)
+        # pixels; these 1/16-scale frames hold ~100 matched stars, so the 4th-order fit is loose
+        assert np.median(error) < 0.15 and np.sqrt(np.mean(error**2)) < 0.25, stem
+
+
+def test_the_reference_catalogue_is_cached_and_a_missing_file_is_a_clear_error(solved, tmp_path):
+    paths, lake, _, field = solved
+    assert lake.reference_catalogue("f02").exists()
+    broken = type(field)(**{**field.__dict__, "reference": ReferenceCatalogueConfig(path="nowhere/library.parquet")})
+    with pytest.raises(ReferenceCatalogueError, match="does not exist"):
+        load_reference(broken, LakePaths(tmp_path / "lake"), base=tmp_path)
+    renamed = type(field)(**{**field.__dict__, "reference": ReferenceCatalogueConfig(path=str(paths.standard_library), columns={"ra": "RA_ICRS"})})
+    with pytest.raises(ReferenceCatalogueError, match="RA_ICRS"):
+        load_reference(renamed, LakePaths(tmp_path / "lake2"), base=tmp_path)
