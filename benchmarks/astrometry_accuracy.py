@@ -2,6 +2,10 @@
 
     python benchmarks/astrometry_accuracy.py [--lake /tmp/mstlake-calacc/lake] [--raw /tmp/mstlake-calacc/raw]
 
+    # one full-size frame, as calibrated by benchmarks/calibration_speed.py:
+    python benchmarks/astrometry_accuracy.py --lake /tmp/mstlake-fullframe/lake --raw /tmp/mstlake-fullframe/raw \
+        --cube /tmp/mstlake-fullframe/lake/cubes/f02/g/.0.zarr.staging --frames 1 --out astrometry_accuracy_fullsize.json
+
 Uses the lake and simulation that ``benchmarks/calibration_accuracy.py`` leaves behind. Every
 calibrated frame: sep extraction, blind solve from the header pointing against the simulated
 standard library, TAN-SIP (4th order) refinement. Scored: solved fraction; for stars with S/N > 100,
@@ -31,6 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lake", type=Path, default=Path("/tmp/mstlake-calacc/lake"))
     parser.add_argument("--raw", type=Path, default=Path("/tmp/mstlake-calacc/raw"))
+    parser.add_argument("--cube", type=Path, help="one cube to use instead of all the lake's")
+    parser.add_argument("--frames", type=int, help="at most this many frames per cube")
+    parser.add_argument("--out", default="astrometry_accuracy.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
     instrument = load_instrument()
     lake, sim = LakePaths(args.lake), SimulationPaths.beside(args.raw)
@@ -41,9 +48,9 @@ def main() -> None:
     mas_per_px = instrument.detector.pixel_scale_arcsec * 1000
     totals = {"frames": 0, "solved": 0, "failures": [], "seconds": []}
     world_residuals, wcs_residuals, centroid_residuals = [], [], []
-    for cube in sorted(lake.root.glob("cubes/**/*.zarr")):
+    for cube in [args.cube] if args.cube else sorted(lake.root.glob("cubes/**/*.zarr")):
         ds = cubes.open_store(cube)
-        for i, frame_id in enumerate(ds.frame_id.values):
+        for i, frame_id in enumerate(ds.frame_id.values[: args.frames]):
             totals["frames"] += 1
             row = frames.loc[int(frame_id)]
             stem = Path(row.path).name.split(".fits")[0]
@@ -56,7 +63,7 @@ def main() -> None:
                 radius = np.hypot(*image.shape) * scale / 2 + 10 / 60  # pointing errors up to 10 arcmin
                 near = library[np.hypot((library.ra - pointing[0]) * np.cos(np.radians(pointing[1])), library.dec - pointing[1]) < radius]
                 clean = src[src.flag == 0]
-                wcs, _, parity = solve.blind_solve(clean.x, clean.y, clean.flux, near.ra, near.dec, near.mag_g, pointing=pointing, pixel_scale_deg=scale, shape=image.shape)
+                wcs, _, parity = solve.blind_solve(src.x, src.y, src.flux, near.ra, near.dec, near.mag_g, pointing=pointing, pixel_scale_deg=scale, shape=image.shape)
                 solution = solve.refine(wcs, clean.x, clean.y, near.ra, near.dec, shape=image.shape, parity=parity)
             except solve.SolveError as err:
                 totals["failures"].append(f"{stem}: {err}")
@@ -89,7 +96,7 @@ def main() -> None:
         "seconds_per_frame_extract_and_solve": round(float(np.mean(totals["seconds"])), 2),
         "frame_shape": list(image.shape),
     }
-    (Path(__file__).parent / "results" / "astrometry_accuracy.json").write_text(json.dumps(out, indent=2))
+    (Path(__file__).parent / "results" / args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 

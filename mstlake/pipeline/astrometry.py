@@ -44,7 +44,9 @@ def solve_frame(image, variance, mask, *, pointing: tuple[float, float], referen
     near = np.hypot(dra * np.cos(np.radians(pointing[1])), dec - pointing[1]) < reach
     near &= np.isfinite(mag)
     try:
-        wcs, _, parity = solve.blind_solve(clean.x, clean.y, clean.flux, ra[near], dec[near], mag[near], pointing=pointing, pixel_scale_deg=pixel_scale_deg, shape=np.shape(image), n_bright=cfg.bright_sources, scale_tolerance=cfg.scale_tolerance)
+        # every source for the asterisms: the brightest stars are saturated (flagged), and they are
+        # the ones the catalogue's brightest are; the fit then uses the clean ones
+        wcs, _, parity = solve.blind_solve(sources.x, sources.y, sources.flux, ra[near], dec[near], mag[near], pointing=pointing, pixel_scale_deg=pixel_scale_deg, shape=np.shape(image), n_bright=cfg.bright_sources, scale_tolerance=cfg.scale_tolerance)
         solution = solve.refine(wcs, clean.x, clean.y, ra[near], dec[near], shape=np.shape(image), sip_degree=cfg.sip_degree, match_radius_px=cfg.match_radius_px, clip_sigma=cfg.clip_sigma, parity=parity)
     except solve.SolveError as err:
         row["reason"] = str(err)
