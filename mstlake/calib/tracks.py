@@ -5,7 +5,8 @@ masked out) go into a Hough transform (``skimage.transform.hough_line``). Each a
 compared with what random noise pixels would give along a line of that length inside the frame, so
 a track is accepted on its significance, whatever its length. Lines are refined on their own pixels;
 then, as in the paper, pixels within 10 px of a line that stand 3 sigma above the background are
-marked (plus the track's core), never the cores of stars.
+marked (plus the track's core where the track is seen), leaving out the stars in that band: round
+peaks standing above the track's own level (an aircraft's flashes are flat blobs along the line).
 """
 
 from __future__ import annotations
