@@ -1,0 +1,60 @@
+"""Aperture photometry and the best/reference aperture and aperture-correction logic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mstlake.phot import aperture as ap
+
+
+def _gaussian_growth(total, sigma_px, background_var, diameters):
+    r = np.asarray(diameters) / 2
+    flux = total * (1 - np.exp(-(r**2) / (2 * sigma_px**2)))
+    return flux, np.sqrt(flux + np.pi * r**2 * background_var)
+
+
+def test_fluxes_recover_a_star_and_flag_masked_pixels():
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:120, 0:120]
+    sigma, total = 1.3, 5e4
+    star = total / (2 * np.pi * sigma**2) * np.exp(-((xx - 60.3) ** 2 + (yy - 59.6) ** 2) / (2 * sigma**2))
+    variance = np.full(star.shape, 100.0) + star
+    image = star + rng.normal(0, 1, star.shape) * np.sqrt(variance)
+    mask = np.zeros(star.shape, bool)
+    mask[59, 75] = True  # 15 px from the star: inside apertures of diameter >= 32
+    result = ap.aperture_fluxes(image, variance, [60.3], [59.6], mask=mask)
+    k = list(result.diameters).index(20.0)
+    assert result.flux[0, k] == pytest.approx(total, abs=4 * result.flux_err[0, k])
+    assert not result.masked[0, : list(result.diameters).index(28.0) + 1].any() and result.masked[0, -1]
+
+
+def test_best_and_reference_apertures_on_synthetic_growth_curves():
+    diameters = np.array(ap.DIAMETERS_PX)
+    sigma = 1.2
+    flux, error = zip(*[_gaussian_growth(t, sigma, 400.0, diameters) for t in np.geomspace(5e3, 5e5, 30)])
+    fluxes = ap.ApertureFluxes(diameters, np.array(flux), np.array(error), np.zeros((30, diameters.size), bool))
+    best, chosen = ap.best_aperture(fluxes)
+    snr = np.array(flux) / np.array(error)
+    expected = np.argmax(snr, axis=1)
+    best_error = 1.0857 / snr.max(axis=1)
+    assert chosen.tolist() == ((best_error >= 0.002) & (best_error <= 0.008)).tolist()
+    assert best == int(np.round(np.median(expected[chosen])))
+    reference = ap.reference_aperture(fluxes, chosen)
+    # a Gaussian's growth curve: the first n where mag(n) - mag(n-2) < 1e-4
+    curve = -2.5 * np.log10(1 - np.exp(-((diameters / 2) ** 2) / (2 * sigma**2)))
+    first = next(n for n in range(2, diameters.size) if abs(curve[n] - curve[n - 2]) < 1e-4)
+    assert reference == first and reference > best
+
+
+def test_aperture_correction_recovers_a_surface_despite_outliers():
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0, 2000, 400), rng.uniform(0, 1300, 400)
+    true = ap.ApertureCorrection(np.array([-0.05, 0.01, -0.02, 0.015, -0.005, 0.01]), 1000.0, 0.0, 0)
+    mag_best = rng.uniform(12, 15, 400)
+    mag_ref = mag_best + true(x, y) + rng.normal(0, 0.001, 400)
+    mag_ref[:20] += 0.2  # blends
+    fitted = ap.aperture_correction(x, y, mag_best, mag_ref, scale=1000.0)
+    assert fitted.rms_mag == pytest.approx(0.001, rel=0.2) and fitted.n_stars >= 375
+    grid_x, grid_y = np.meshgrid(np.linspace(0, 2000, 9), np.linspace(0, 1300, 7))
+    assert np.max(np.abs(fitted(grid_x.ravel(), grid_y.ravel()) - true(grid_x.ravel(), grid_y.ravel()))) < 0.001
