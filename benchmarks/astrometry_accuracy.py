@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from mstlake.astrom import extract, solve
-from mstlake.config import load_instrument
+from mstlake.astrom import frame as frame_kernel
+from mstlake.astrom import solve
+from mstlake.config import load_instrument, load_pipeline
 from mstlake.lake import cubes
 from mstlake.paths import LakePaths, SimulationPaths
 
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, help="at most this many frames per cube")
     parser.add_argument("--out", default="astrometry_accuracy.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
-    instrument = load_instrument()
+    instrument, cfg = load_instrument(), load_pipeline().astrometry
     lake, sim = LakePaths(args.lake), SimulationPaths.beside(args.raw)
     frames = pq.read_table(lake.frames_table).to_pandas().set_index("frame_id")
     library = pq.read_table(sim.standard_library).to_pandas()
@@ -48,27 +49,22 @@ def main() -> None:
     mas_per_px = instrument.detector.pixel_scale_arcsec * 1000
     totals = {"frames": 0, "solved": 0, "failures": [], "seconds": []}
     world_residuals, wcs_residuals, centroid_residuals = [], [], []
-    for cube in [args.cube] if args.cube else sorted(lake.root.glob("cubes/**/*.zarr")):
+    for cube in [args.cube] if args.cube else [path for *_, path in lake.field_cubes()]:
         ds = cubes.open_store(cube)
         for i, frame_id in enumerate(ds.frame_id.values[: args.frames]):
             totals["frames"] += 1
             row = frames.loc[int(frame_id)]
-            stem = Path(row.path).name.split(".fits")[0]
+            stem = SimulationPaths.stem(row.path)
             image, variance, mask = ds.image[i].values, ds.variance[i].values, ds.mask[i].values
             started = time.perf_counter()
             try:
-                found = extract.extract_sources(image, variance, mask)
-                src = found.sources
                 pointing = (float(row.ra_pointing), float(row.dec_pointing))
-                radius = np.hypot(*image.shape) * scale / 2 + 10 / 60  # pointing errors up to 10 arcmin
-                near = library[np.hypot((library.ra - pointing[0]) * np.cos(np.radians(pointing[1])), library.dec - pointing[1]) < radius]
-                clean = src[src.flag == 0]
-                wcs, _, parity = solve.blind_solve(src.x, src.y, src.flux, near.ra, near.dec, near.mag_g, pointing=pointing, pixel_scale_deg=scale, shape=image.shape)
-                solution = solve.refine(wcs, clean.x, clean.y, near.ra, near.dec, shape=image.shape, parity=parity)
+                found = frame_kernel.solve_image(image, variance, mask, pointing=pointing, ref_ra=library.ra, ref_dec=library.dec, ref_mag=library[f"mag_{row.band}"], pixel_scale_deg=scale, cfg=cfg)
             except solve.SolveError as err:
                 totals["failures"].append(f"{stem}: {err}")
                 continue
             totals["seconds"].append(time.perf_counter() - started)
+            solution, clean = found.solution, found.fitted
             totals["solved"] += 1
             truth = pq.read_table(sim.frame_stars(stem)).to_pandas()
             truth = truth[(truth.x > 5) & (truth.y > 5) & (truth.x < image.shape[1] - 6) & (truth.y < image.shape[0] - 6)]

@@ -109,7 +109,7 @@ def main() -> None:
         ds = cubes.open_store(r.cubes[0])
         for i, frame_id in enumerate(ds.frame_id.values):
             path = frames.loc[frame_id, "path"]
-            stem = Path(path).name.rsplit(".", 1)[0]
+            stem = SimulationPaths.stem(path)
             truth = truth_frames.set_index("stem").loc[stem]
             mask = ds.mask[i].values
             raw = read_frame(path)

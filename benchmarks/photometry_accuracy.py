@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     lake = LakePaths(args.lake)
     rows = []
-    for cube in sorted(lake.root.glob("cubes/**/*.zarr")):
+    for *_, cube in lake.field_cubes():
         ds = cubes.open_store(cube)
         for i, frame_id in enumerate(ds.frame_id.values):
             image, variance, mask = ds.image[i].values, ds.variance[i].values, ds.mask[i].values

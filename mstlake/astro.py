@@ -89,3 +89,11 @@ def night_to_mjd_local_noon(night: int, utc_offset_hours: float) -> float:
 
     day = dt.date(night // 10000, (night // 100) % 100, night % 100)
     return (day - dt.date(1858, 11, 17)).days + 0.5 - utc_offset_hours / 24.0
+
+
+def separation_deg(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float):
+    """Angular distance (degrees) of positions from (ra0, dec0), exact on the sphere (haversine)."""
+    ra, dec = np.radians(np.asarray(ra_deg, float)), np.radians(np.asarray(dec_deg, float))
+    ra0, dec0 = np.radians(ra0_deg), np.radians(dec0_deg)
+    h = np.sin((dec - dec0) / 2) ** 2 + np.cos(dec) * np.cos(dec0) * np.sin((ra - ra0) / 2) ** 2
+    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1))))

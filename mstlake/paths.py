@@ -111,6 +111,11 @@ class LakePaths:
         """Calibrated frames of one field, band and night (Zarr v3)."""
         return self.root / "cubes" / field / band / f"{night}.zarr"
 
+    def field_cubes(self, field: str | None = None) -> list[tuple[str, str, int, Path]]:
+        """The calibrated cubes in the lake (of one field, or all): (field, band, night, path)."""
+        found = sorted((self.root / "cubes").glob(f"{field or '*'}/*/*.zarr"))
+        return [(p.parent.parent.name, p.parent.name, int(p.stem), p) for p in found]
+
     def masters(self, telescope: str, night: int) -> Path:
         return self.root / "masters" / telescope / f"{night}.zarr"
 
@@ -154,6 +159,11 @@ class SimulationPaths:
     def backup_relpath(night: int, filename: str) -> str:
         """Where an observer's stray copy of a frame ends up (a duplicate for the inventory)."""
         return f"{night}/backup/{filename}"
+
+    @staticmethod
+    def stem(raw_path: str | Path) -> str:
+        """A raw file's name without its FITS and compression extensions: the key of its truth."""
+        return Path(raw_path).name.split(".fit")[0]
 
     def raw_file(self, relpath: str) -> Path:
         return self.raw / relpath

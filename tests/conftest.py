@@ -61,3 +61,39 @@ def raw_image(paths: SimulationPaths, relative: str):
 @pytest.fixture(scope="session")
 def pipeline_config():
     return load_pipeline()
+
+
+@pytest.fixture(scope="session")
+def calibrated_lake(small_simulation, tmp_path_factory, instrument, fields, pipeline_config):
+    """The small simulation taken through the inventory and calibration: (paths, lake, results)."""
+    from mstlake.paths import LakePaths
+    from mstlake.pipeline.calibrate import calibrate_nights
+    from mstlake.pipeline.inventory import run_inventory
+
+    paths, _ = small_simulation
+    lake = LakePaths(tmp_path_factory.mktemp("lake"))
+    run_inventory(paths.raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
+    results = calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False)
+    return paths, lake, results
+
+
+def field_with_simulated_reference(fields, paths: SimulationPaths):
+    """Field f02 with the simulation's standard library as its reference catalogue."""
+    import dataclasses
+
+    from mstlake.config import ReferenceCatalogueConfig
+
+    return dataclasses.replace(fields["f02"], reference=ReferenceCatalogueConfig(path=str(paths.standard_library)))
+
+
+@pytest.fixture(scope="session")
+def solved_lake(calibrated_lake, fields, instrument, pipeline_config):
+    """... and through astrometry: (paths, lake, field config, astrometry result)."""
+    from mstlake.lake.refcat import load_reference
+    from mstlake.pipeline.astrometry import solve_field
+
+    paths, lake, _ = calibrated_lake
+    field = field_with_simulated_reference(fields, paths)
+    reference = load_reference(field, lake, base=paths.raw)
+    result = solve_field(lake, "f02", reference, instrument=instrument, cfg=pipeline_config.astrometry, progress=False)
+    return paths, lake, field, result

@@ -3,26 +3,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from mstlake.config import ReferenceCatalogueConfig
-from mstlake.lake.refcat import load_reference
-from mstlake.paths import LakePaths
-from mstlake.pipeline.astrometry import solve_field
-from mstlake.pipeline.calibrate import calibrate_nights
-from mstlake.pipeline.inventory import run_inventory
 
 QUERIES = sorted((Path(__file__).parents[1] / "queries").glob("*.sql"))
 
 
 @pytest.fixture(scope="module")
-def lake(small_simulation, tmp_path_factory, instrument, fields, pipeline_config):
+def lake(solved_lake):
     """Every stage that writes tables the queries read: inventory, calibration, astrometry."""
-    paths, _ = small_simulation
-    lake = LakePaths(tmp_path_factory.mktemp("lake"))
-    run_inventory(paths.raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
-    calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False)
-    field = type(fields["f02"])(**{**fields["f02"].__dict__, "reference": ReferenceCatalogueConfig(path=str(paths.standard_library))})
-    solve_field(lake, "f02", load_reference(field, lake, base=paths.raw), instrument=instrument, cfg=pipeline_config.astrometry, progress=False)
-    return lake
+    return solved_lake[1]
 
 
 def test_there_are_queries():

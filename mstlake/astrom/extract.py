@@ -15,8 +15,7 @@ import pandas as pd
 import sep
 from scipy.spatial import cKDTree
 
-# sep's flag bits, plus ours
-SEP_FLAGS = {"crowded": 1, "merged": 2, "saturated_object": 4, "truncated": 8, "aperture_truncated": 16, "aperture_corrupted": 32}
+# flag bits beyond sep's own (1 crowded, 2 merged, 4 saturated, 8 truncated, ...)
 MASKED = 512  # a masked pixel within 2 px of the centroid (bad, saturated, PS, track, cosmic ray)
 NEIGHBOUR = 1024  # another source within 3 FWHM: its light is inside the centroid window
 
@@ -48,8 +47,7 @@ def extract_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *
     radius, _ = sep.flux_radius(residual, x, y, 6.0 * objects["a"], 0.5, subpix=5)
     sigma = np.clip(np.nan_to_num(radius, nan=1.0) * 2.0 / 2.3548, 0.5, 10.0)
     xw, yw, wflag = sep.winpos(residual, x, y, sigma, mask=hidden)
-    fluxerr = np.sqrt(np.maximum(sep.sum_ellipse(variance, x, y, objects["a"], objects["b"], objects["theta"], 2.5, subpix=1)[0], 1e-12))
-    flux_auto, _, _ = sep.sum_ellipse(residual, x, y, objects["a"], objects["b"], objects["theta"], 2.5, subpix=1)
+    flux_auto, fluxerr, _ = sep.sum_ellipse(residual, x, y, objects["a"], objects["b"], objects["theta"], 2.5, var=variance, subpix=1)
     near_masked = _near(hidden, x, y, 2)
     fwhm = 2.0 * np.nan_to_num(radius, nan=0.0)
     typical_fwhm = float(np.median(fwhm[fwhm > 0])) if np.any(fwhm > 0) else 3.0
@@ -64,7 +62,7 @@ def extract_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *
         "flux": objects["flux"].astype(np.float64), "peak": objects["peak"], "npix": objects["npix"],
         "a": objects["a"], "b": objects["b"], "theta": objects["theta"],
         "fwhm": fwhm, "ellipticity": 1.0 - objects["b"] / np.maximum(objects["a"], 1e-6),
-        "snr": flux_auto / fluxerr,
+        "snr": flux_auto / np.maximum(fluxerr, 1e-12),
         "flag": objects["flag"].astype(np.int32) | np.where(near_masked, MASKED, 0) | np.where(crowded, NEIGHBOUR, 0),
     })
     return Extraction(table, background.back(), float(background.globalrms))

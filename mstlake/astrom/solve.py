@@ -94,11 +94,10 @@ def refine(wcs: WCS, x, y, ref_ra, ref_dec, *, shape: tuple[int, int], sip_degre
     ny, nx = shape
     tree = cKDTree(np.column_stack([x, y]))
     radius = match_radius_px
-    keep_reference = np.ones(len(ref_ra), bool)
     ref_ra, ref_dec = np.asarray(ref_ra, float), np.asarray(ref_dec, float)
     for iteration in range(iterations):
         px, py = _project(wcs, ref_ra, ref_dec, shape)
-        on = keep_reference & (px > -2) & (px < nx + 1) & (py > -2) & (py < ny + 1)
+        on = (px > -2) & (px < nx + 1) & (py > -2) & (py < ny + 1)
         ref_idx = np.flatnonzero(on)
         distance, src_idx = tree.query(np.column_stack([px[on], py[on]]), distance_upper_bound=radius)
         ok = np.isfinite(distance)

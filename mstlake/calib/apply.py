@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 BAD, SATURATED, PEPPER_SALT, TRACK, COSMIC_RAY = 1, 2, 4, 8, 16
-MASK_BITS = {"bad": BAD, "saturated": SATURATED, "pepper_salt": PEPPER_SALT, "track": TRACK, "cosmic_ray": COSMIC_RAY}
 
 
 def calibrate(raw: np.ndarray, *, master_bias: np.ndarray, flat: np.ndarray, bias_std: np.ndarray, gain: float, dark_adu: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

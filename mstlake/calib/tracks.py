@@ -195,17 +195,6 @@ class _TrackLevel:
         return np.where(self.bins[which] == key, self.medians[which], 0).astype(np.float32)
 
 
-class _LowerLevel:
-    """The lower of two track levels: short bins follow an aircraft's flashes (a star between two
-    flashes is judged against the dark gap), long ones are not pulled up by a crowd of stars."""
-
-    def __init__(self, *levels: _TrackLevel):
-        self.levels = levels
-
-    def at(self, along, offset) -> np.ndarray:
-        return np.min([level.at(along, offset) for level in self.levels], axis=0)
-
-
 def _stars_in_band(residual: np.ndarray, variance, rows, cols, offset, along, valid, track: Track, *, bins_px: tuple[int, int] = (16, 64), sigma: float = 6.0, model_error: float = 0.15, shoulder: float = 0.75, radius: float = 3.0) -> np.ndarray:
     """Band cells to leave unmasked because they belong to a star: local maxima whose light above
     the track's own level, summed over 3x3 pixels, stands ``sigma`` above its noise (from each
@@ -217,8 +206,14 @@ def _stars_in_band(residual: np.ndarray, variance, rows, cols, offset, along, va
     1-px offset, which misses a steep track profile by up to ``model_error`` of the level: that much
     is added to the noise."""
     values = residual[rows, cols]
-    level = _LowerLevel(*(_TrackLevel(values, along, offset, valid, bin_px=b) for b in bins_px))
-    track_level = level.at(along, offset)
+    # the lower of two levels: short bins follow an aircraft's flashes (a star between two flashes is
+    # judged against the dark gap), long ones are not pulled up by a crowd of stars
+    levels = [_TrackLevel(values, along, offset, valid, bin_px=b) for b in bins_px]
+
+    def level_at(a, o):
+        return np.min([lv.at(a, o) for lv in levels], axis=0)
+
+    track_level = level_at(along, offset)
     excess = np.where(valid, values - track_level, 0)
     ny, nx = residual.shape
     neighbours = np.max(np.stack([residual[np.clip(rows + dy, 0, ny - 1), np.clip(cols + dx, 0, nx - 1)] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]), axis=0)
@@ -236,7 +231,7 @@ def _stars_in_band(residual: np.ndarray, variance, rows, cols, offset, along, va
     for step in (-2.0, 2.0):  # (row, col) moves along the line: (cos, -sin)
         pr, pc = r0 + step * c, c0 - step * s
         sampled = ndimage.map_coordinates(residual, [pr, pc], order=1, mode="nearest")
-        shoulders.append(sampled - level.at(-pc * s + pr * c, pc * c + pr * s - track.distance))
+        shoulders.append(sampled - level_at(-pc * s + pr * c, pc * c + pr * s - track.distance))
     star = np.maximum(*shoulders) < shoulder * excess[pi, pj]
     n_steps, n_spread = values.shape
     for i, j in zip(pi[star], pj[star]):

@@ -12,9 +12,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from astropy.table import Table
 
+from mstlake.astro import separation_deg
 from mstlake.config import FieldConfig, ReferenceCatalogueConfig
 from mstlake.lake.tables import read_table, write_table_atomic
-from mstlake.paths import LakePaths
+from mstlake.paths import LakePaths, resolve_against
 from mstlake.schemas import load_schema
 
 
@@ -50,19 +51,16 @@ def load_reference(field: FieldConfig, lake: LakePaths, *, base: Path, refresh: 
     ref: ReferenceCatalogueConfig | None = field.reference
     if ref is None:
         raise ReferenceCatalogueError(f"field {field.name} names no reference catalogue ([reference] in its config)")
-    path = Path(ref.path) if Path(ref.path).is_absolute() else base / ref.path
+    path = resolve_against(base, ref.path)
     table = _read(path, ref.format)
     renamed = {ours: ref.columns.get(ours, ours) for ours in schema.names}
     missing = [f"{ours} (as {theirs!r})" for ours, theirs in renamed.items() if theirs not in table.column_names]
     if missing:
         raise ReferenceCatalogueError(f"reference catalogue {path} lacks columns {missing}; map them with [reference] columns in the field config")
     table = pa.table({ours: table.column(theirs) for ours, theirs in renamed.items()})
-    ra, dec = table.column("ra").to_numpy(), table.column("dec").to_numpy()
-    half_w, half_h = field.width_deg / 2 + ref.margin_deg, field.height_deg / 2 + ref.margin_deg
     # a rotated footprint reaches its diagonal: cut on a circle through the margin-widened corners
-    radius = np.hypot(half_w, half_h)
-    dra = (ra - field.centre_ra_deg + 180) % 360 - 180
-    near = np.hypot(dra * np.cos(np.radians(field.centre_dec_deg)), dec - field.centre_dec_deg) <= radius
+    radius = np.hypot(field.width_deg / 2 + ref.margin_deg, field.height_deg / 2 + ref.margin_deg)
+    near = separation_deg(table.column("ra").to_numpy(), table.column("dec").to_numpy(), field.centre_ra_deg, field.centre_dec_deg) <= radius
     table = schema.conform(table.filter(pa.array(near)))
     write_table_atomic(table, cache, schema)
     return table

@@ -1,7 +1,6 @@
 """Astrometry of the calibrated frames (the paper's STATIC, first step) as one lazy Dask graph.
 
-Each frame of a field's cubes is read lazily from Zarr, its sources extracted and its WCS solved
-(``mstlake.astrom``); a frame that cannot be solved is recorded with the reason and the rest go on.
+Each frame of a field's cubes is read lazily from Zarr and solved (``mstlake.astrom.frame``); a frame that cannot be solved is recorded with the reason and the rest go on.
 The solutions go into the ``astrometry`` table (a re-run replaces the rows of the frames it solved).
 """
 
@@ -11,10 +10,10 @@ import datetime as dt
 from dataclasses import dataclass
 
 import dask
-import numpy as np
 import pyarrow as pa
 
-from mstlake.astrom import extract, solve
+from mstlake.astrom import frame as frame_kernel
+from mstlake.astrom import solve
 from mstlake.config import AstrometryConfig, InstrumentConfig
 from mstlake.lake import cubes
 from mstlake.lake.tables import read_table, write_table_atomic
@@ -29,47 +28,24 @@ class AstrometryResult:
     failed: list[tuple[int, str]]
 
 
-def solve_frame(image, variance, mask, *, pointing: tuple[float, float], reference: dict[str, np.ndarray], band: str, pixel_scale_deg: float, cfg: AstrometryConfig) -> dict:
-    """Extraction and solution of one frame: a row of the astrometry table (without its keys)."""
-    found = extract.extract_sources(image, variance, mask, thresh=cfg.detect_sigma, minarea=cfg.min_area_px)
-    sources = found.sources
-    row = {"n_sources": len(sources), "status": "failed", "reason": None, "wcs_header": None, "rms_x_mas": None, "rms_y_mas": None, "n_matched": 0, "mirrored": None, "pointing_offset_arcmin": None}
-    if not np.all(np.isfinite(pointing)):
-        row["reason"] = "the header gives no pointing (RA/DEC): the blind solve starts from one"
-        return row
-    clean = sources[sources.flag == 0]
-    ra, dec, mag = reference["ra"], reference["dec"], reference[f"mag_{band}"]
-    reach = np.hypot(*np.shape(image)) * pixel_scale_deg / 2 + cfg.max_pointing_error_arcmin / 60
-    dra = (ra - pointing[0] + 180) % 360 - 180
-    near = np.hypot(dra * np.cos(np.radians(pointing[1])), dec - pointing[1]) < reach
-    near &= np.isfinite(mag)
-    try:
-        # every source for the asterisms: the brightest stars are saturated (flagged), and they are
-        # the ones the catalogue's brightest are; the fit then uses the clean ones
-        wcs, _, parity = solve.blind_solve(sources.x, sources.y, sources.flux, ra[near], dec[near], mag[near], pointing=pointing, pixel_scale_deg=pixel_scale_deg, shape=np.shape(image), n_bright=cfg.bright_sources, scale_tolerance=cfg.scale_tolerance)
-        solution = solve.refine(wcs, clean.x, clean.y, ra[near], dec[near], shape=np.shape(image), sip_degree=cfg.sip_degree, match_radius_px=cfg.match_radius_px, clip_sigma=cfg.clip_sigma, parity=parity)
-    except solve.SolveError as err:
-        row["reason"] = str(err)
-        return row
-    if solution.n_matched < cfg.min_matches:
-        row["reason"] = f"only {solution.n_matched} reference stars matched (at least {cfg.min_matches} needed)"
-        return row
-    ny, nx = np.shape(image)
-    centre = solution.wcs.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0]
-    offset = np.hypot(((centre[0] - pointing[0] + 180) % 360 - 180) * np.cos(np.radians(pointing[1])), centre[1] - pointing[1]) * 60
-    mas = pixel_scale_deg * 3.6e6
-    row.update(status="solved", wcs_header=solution.wcs.to_header(relax=True).tostring(), rms_x_mas=solution.rms_x_px * mas, rms_y_mas=solution.rms_y_px * mas, n_matched=solution.n_matched, mirrored=bool(np.linalg.det(solution.wcs.wcs.cd) > 0), pointing_offset_arcmin=float(offset))
-    return row
+_UNSOLVED = {"n_sources": 0, "status": "failed", "reason": None, "wcs_header": None, "rms_x_mas": None, "rms_y_mas": None, "n_matched": 0, "mirrored": None, "pointing_offset_arcmin": None}
 
 
 def _solve_cube_frame(store, index, keys, pointing, reference, band, pixel_scale_deg, cfg):
-    ds = cubes.open_store(store)
-    frame = ds.isel(frame=index)
+    """One frame's row of the astrometry table; a frame that fails is recorded, the night goes on."""
+    frame = cubes.open_store(store).isel(frame=index)
     try:
-        row = solve_frame(frame.image.values, frame.variance.values, frame.mask.values, pointing=pointing, reference=reference, band=band, pixel_scale_deg=pixel_scale_deg, cfg=cfg)
-    except Exception as err:  # a frame's failure is recorded, the night goes on
-        row = {"n_sources": 0, "status": "failed", "reason": f"{type(err).__name__}: {err}", "wcs_header": None, "rms_x_mas": None, "rms_y_mas": None, "n_matched": 0, "mirrored": None, "pointing_offset_arcmin": None}
-    return {**keys, **row}
+        found = frame_kernel.solve_image(frame.image.values, frame.variance.values, frame.mask.values, pointing=pointing, ref_ra=reference["ra"], ref_dec=reference["dec"], ref_mag=reference[f"mag_{band}"], pixel_scale_deg=pixel_scale_deg, cfg=cfg)
+    except solve.SolveError as err:
+        return {**keys, **_UNSOLVED, "reason": str(err)}
+    except Exception as err:  # anything else in one frame must not stop the night either
+        return {**keys, **_UNSOLVED, "reason": f"{type(err).__name__}: {err}"}
+    solution, mas = found.solution, pixel_scale_deg * 3.6e6
+    return {
+        **keys, "n_sources": len(found.extraction.sources), "status": "solved", "reason": None, "wcs_header": solution.wcs.to_header(relax=True).tostring(),
+        "rms_x_mas": solution.rms_x_px * mas, "rms_y_mas": solution.rms_y_px * mas, "n_matched": solution.n_matched, "mirrored": found.mirrored,
+        "pointing_offset_arcmin": found.pointing_offset_arcmin,
+    }
 
 
 def solve_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, cfg: AstrometryConfig, progress: bool = True) -> AstrometryResult:
@@ -79,8 +55,7 @@ def solve_field(lake: LakePaths, field: str, reference, *, instrument: Instrumen
     columns = {name: reference.column(name).to_numpy(zero_copy_only=False).astype(float) for name in ("ra", "dec", "mag_g", "mag_r", "mag_i")}
     pixel_scale_deg = instrument.detector.pixel_scale_arcsec / 3600
     tasks = []
-    for store in sorted((lake.root / "cubes" / field).glob("*/*.zarr")):
-        band, night = store.parent.name, int(store.stem)
+    for _, band, night, store in lake.field_cubes(field):
         for index, frame_id in enumerate(cubes.open_store(store).frame_id.values):
             row = frames.loc[int(frame_id)]
             keys = {"frame_id": int(frame_id), "field": field, "band": band, "night": night}

@@ -137,7 +137,7 @@ def _bad_files(survey: Survey, plans: list[Exposure], paths: SimulationPaths) ->
     def record(kind: str, relpath: str, data: bytes, origin: ExposureResult) -> None:
         _atomic_bytes(paths.raw_file(relpath), data)
         row = dict(origin.truth)
-        row.update(kind=kind, file=relpath, stem=Path(relpath).name.split(".fit")[0], date_obs=origin.header.get("DATE-OBS"))
+        row.update(kind=kind, file=relpath, stem=SimulationPaths.stem(relpath), date_obs=origin.header.get("DATE-OBS"))
         rows.append(row)
 
     def beside_source(suffix: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -11,28 +13,12 @@ from mstlake.config import ReferenceCatalogueConfig
 from mstlake.lake.refcat import ReferenceCatalogueError, load_reference
 from mstlake.lake.tables import read_table
 from mstlake.paths import LakePaths
-from mstlake.pipeline.astrometry import solve_field
-from mstlake.pipeline.calibrate import calibrate_nights
-from mstlake.pipeline.inventory import run_inventory
 from mstlake.schemas import load_schema
 from tests.conftest import read_truth_frames
 
 
-@pytest.fixture(scope="module")
-def solved(small_simulation, tmp_path_factory, instrument, fields, pipeline_config):
-    paths, _ = small_simulation
-    lake = LakePaths(tmp_path_factory.mktemp("lake"))
-    run_inventory(paths.raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
-    calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False)
-    field = fields["f02"]
-    field = type(field)(**{**field.__dict__, "reference": ReferenceCatalogueConfig(path=str(paths.standard_library))})
-    reference = load_reference(field, lake, base=paths.raw)
-    result = solve_field(lake, "f02", reference, instrument=instrument, cfg=pipeline_config.astrometry, progress=False)
-    return paths, lake, result, field
-
-
-def test_every_frame_is_solved_and_its_wcs_puts_stars_where_they_are(solved):
-    paths, lake, result, _ = solved
+def test_every_frame_is_solved_and_its_wcs_puts_stars_where_they_are(solved_lake):
+    paths, lake, _, result = solved_lake
     table = read_table(lake.astrometry_table, load_schema("astrometry")).to_pandas()
     frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
     truth = read_truth_frames(paths)
@@ -54,12 +40,12 @@ def test_every_frame_is_solved_and_its_wcs_puts_stars_where_they_are(solved):
         assert np.median(error) < 0.15 and np.sqrt(np.mean(error**2)) < 0.25, stem
 
 
-def test_the_reference_catalogue_is_cached_and_a_missing_file_is_a_clear_error(solved, tmp_path):
-    paths, lake, _, field = solved
+def test_the_reference_catalogue_is_cached_and_a_missing_file_is_a_clear_error(solved_lake, tmp_path):
+    paths, lake, field, _ = solved_lake
     assert lake.reference_catalogue("f02").exists()
-    broken = type(field)(**{**field.__dict__, "reference": ReferenceCatalogueConfig(path="nowhere/library.parquet")})
+    broken = dataclasses.replace(field, reference=ReferenceCatalogueConfig(path="nowhere/library.parquet"))
     with pytest.raises(ReferenceCatalogueError, match="does not exist"):
         load_reference(broken, LakePaths(tmp_path / "lake"), base=tmp_path)
-    renamed = type(field)(**{**field.__dict__, "reference": ReferenceCatalogueConfig(path=str(paths.standard_library), columns={"ra": "RA_ICRS"})})
+    renamed = dataclasses.replace(field, reference=ReferenceCatalogueConfig(path=str(paths.standard_library), columns={"ra": "RA_ICRS"}))
     with pytest.raises(ReferenceCatalogueError, match="RA_ICRS"):
         load_reference(renamed, LakePaths(tmp_path / "lake2"), base=tmp_path)

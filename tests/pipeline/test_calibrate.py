@@ -22,12 +22,8 @@ from tests.conftest import read_truth_frames
 
 
 @pytest.fixture(scope="module")
-def calibrated(small_simulation, tmp_path_factory, instrument, fields, pipeline_config):
-    paths, _ = small_simulation
-    lake = LakePaths(tmp_path_factory.mktemp("lake"))
-    run_inventory(paths.raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
-    results = calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False)
-    return paths, lake, results
+def calibrated(calibrated_lake):
+    return calibrated_lake
 
 
 def test_one_cube_per_field_band_night_in_the_schema(calibrated):
