@@ -109,9 +109,11 @@ def ingest(field_name, raw_dir, lake_dir, force, quiet, config_dir):
     """Run every pipeline stage that exists on a field's raw data.
 
     Now: the inventory, then calibration (master bias, pepper-and-salt map, bad pixels, flats over
-    +-5 nights, calibrated Zarr cubes with variance and masks), then astrometry (blind solve and
-    TAN-SIP per frame against the field's reference catalogue, into the astrometry table).
-    Photometry and the archive join as they land.
+    +-5 nights, calibrated Zarr cubes with variance and masks), then per frame astrometry (blind
+    solve and TAN-SIP against the field's reference catalogue) and photometry (an ePSF varying
+    across the detector, PSF photometry of every detection with its neighbours subtracted, forced
+    photometry of every reference star, 25 apertures with the aperture correction, a zero-point
+    surface from the standards, cloudy frames flagged). The archive joins as it lands.
     """
     report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force)
     if not report.usable:
@@ -162,7 +164,8 @@ def demo(out_dir, seed, quiet):
         f"{report.total_frames} frames in the lake at [cyan]{paths.lake.root}[/], {report.total_quarantined} files quarantined with reasons.\n"
         f"Tables: [cyan]{paths.lake.frames_table}[/], [cyan]{paths.lake.quarantine_table}[/], [cyan]{paths.lake.calibration_log_table}[/] (Parquet; pyarrow, pandas, DuckDB).\n"
         f"Calibrated cubes (Zarr v3, open with xarray.open_zarr): [cyan]{paths.lake.root / 'cubes'}[/]; masters: [cyan]{paths.lake.root / 'masters'}[/].\n"
-        f"Astrometric solutions (TAN-SIP FITS headers per frame): [cyan]{paths.lake.astrometry_table}[/].\n"
+        f"Astrometric solutions (TAN-SIP FITS headers per frame): [cyan]{paths.lake.astrometry_table}[/]; zero points, PSF and apertures per frame: [cyan]{paths.lake.photometry_table}[/].\n"
+        f"Detections and forced light-curve points per night: [cyan]{paths.lake.tables_dir / 'sources'}[/], [cyan]{paths.lake.tables_dir / 'forced_photometry'}[/].\n"
         f"Simulator truth: [cyan]{paths.simulation.truth}[/]."
     )
 
@@ -200,17 +203,24 @@ def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, f
 
 def _astrometry(field_cfg, lake: LakePaths, config_dir, *, reference_base: Path, progress: bool):
     from mstlake.lake.refcat import ReferenceCatalogueError, load_reference
-    from mstlake.pipeline.astrometry import solve_field
+    from mstlake.pipeline.static import measure_field
 
     try:
         reference = load_reference(field_cfg, lake, base=reference_base)
     except ReferenceCatalogueError as err:
-        err_console.print(f"[yellow]astrometry skipped:[/] {escape(str(err))}", soft_wrap=True)
+        err_console.print(f"[yellow]astrometry and photometry skipped:[/] {escape(str(err))}", soft_wrap=True)
         return None
-    result = solve_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), cfg=cfg.load_pipeline(config_dir).astrometry, progress=progress)
-    console.print(f"astrometry: {result.solved} frames solved, {len(result.failed)} not ({len(reference)} reference stars); solutions in [cyan]{lake.astrometry_table}[/]")
+    pipeline = cfg.load_pipeline(config_dir)
+    result = measure_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, progress=progress)
+    console.print(
+        f"astrometry: {result.solved} frames solved, {len(result.failed)} not ({len(reference)} reference stars); solutions in [cyan]{lake.astrometry_table}[/]\n"
+        f"photometry: {result.calibrated} frames flux-calibrated ({len(result.cloudy)} flagged cloudy); zero points in [cyan]{lake.photometry_table}[/], "
+        f"detections and forced photometry in [cyan]{lake.tables_dir / 'sources'}[/] and [cyan]{lake.tables_dir / 'forced_photometry'}[/]"
+    )
     for frame_id, reason in result.failed:
         err_console.print(f"[yellow]frame {frame_id} not solved:[/] {escape(str(reason))}", soft_wrap=True)
+    for frame_id, reason in result.uncalibrated:
+        err_console.print(f"[yellow]frame {frame_id} not flux-calibrated:[/] {escape(str(reason))}", soft_wrap=True)
     return result
 
 

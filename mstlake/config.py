@@ -195,10 +195,26 @@ class AstrometryConfig:
 
 
 @dataclass(frozen=True)
+class PhotometryConfig:
+    psf_min_snr: float  # PSF stars: clean, isolated detections above this S/N ...
+    psf_max_stars: int  # ... at most this many, the brightest
+    fit_position_min_snr: float  # PSF fits refine positions above this S/N; fainter stay put
+    psf_iterations: int  # rounds of fitting every star with all the others subtracted
+    forced_match_radius_px: float  # a detection this close to a catalogue position is that star
+    apcorr_max_stars: int  # mutually isolated stars for the growth curve and aperture correction
+    calibrator_max_error: float  # mag, in both the measurement and the library
+    calibrator_max_chi2: float  # reduced chi^2 of the PSF fit
+    zero_point_degree: int
+    zero_point_clip_sigma: float
+    cloudy_zero_point_rms: float  # mag: standards' scatter about the zero-point surface above this: cloudy
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     inventory: InventoryConfig
     calibration: CalibrationConfig
     astrometry: AstrometryConfig
+    photometry: PhotometryConfig
 
 
 # --------------------------------------------------------------------------------------------------

@@ -103,6 +103,18 @@ class LakePaths:
     def astrometry_table(self) -> Path:
         return self.table("astrometry")
 
+    @property
+    def photometry_table(self) -> Path:
+        return self.table("photometry")
+
+    def sources_file(self, field: str, band: str, night: int) -> Path:
+        """Every detection on the calibrated frames of one field, band and night (Parquet)."""
+        return self.tables_dir / "sources" / field / band / f"{night}.parquet"
+
+    def forced_file(self, field: str, band: str, night: int) -> Path:
+        """Forced photometry of the reference stars on one field, band and night (Parquet)."""
+        return self.tables_dir / "forced_photometry" / field / band / f"{night}.parquet"
+
     def reference_catalogue(self, field: str) -> Path:
         """The field's reference catalogue, cut to the field with a margin (Parquet)."""
         return self.root / "reference" / f"{field}.parquet"

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from mstlake.config import read_toml
@@ -26,6 +27,8 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "float64": pa.float64(),
     "string": pa.string(),
     "timestamp[us, UTC]": pa.timestamp("us", tz="UTC"),
+    "list<float32>": pa.list_(pa.float32()),
+    "list<float64>": pa.list_(pa.float64()),
 }
 
 
@@ -71,7 +74,10 @@ class TableSchema:
         schema = self.arrow()
         arrays = []
         for field in schema:
-            array = pa.array(data[field.name], type=field.type, from_pandas=True)
+            value = data[field.name]
+            if isinstance(value, np.ndarray) and value.ndim == 2:  # one list per row
+                value = pa.ListArray.from_arrays(np.arange(0, value.size + 1, value.shape[1], dtype=np.int32), value.ravel())
+            array = value.cast(field.type) if isinstance(value, pa.Array) else pa.array(value, type=field.type, from_pandas=True)
             if not field.nullable and array.null_count:
                 raise SchemaError(f"{self.name}.{field.name} may not hold nulls ({array.null_count} found)")
             arrays.append(array)

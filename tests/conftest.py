@@ -88,12 +88,12 @@ def field_with_simulated_reference(fields, paths: SimulationPaths):
 
 @pytest.fixture(scope="session")
 def solved_lake(calibrated_lake, fields, instrument, pipeline_config):
-    """... and through astrometry: (paths, lake, field config, astrometry result)."""
+    """... and through astrometry and photometry: (paths, lake, field config, result)."""
     from mstlake.lake.refcat import load_reference
-    from mstlake.pipeline.astrometry import solve_field
+    from mstlake.pipeline.static import measure_field
 
     paths, lake, _ = calibrated_lake
     field = field_with_simulated_reference(fields, paths)
     reference = load_reference(field, lake, base=paths.raw)
-    result = solve_field(lake, "f02", reference, instrument=instrument, cfg=pipeline_config.astrometry, progress=False)
+    result = measure_field(lake, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, progress=False)
     return paths, lake, field, result

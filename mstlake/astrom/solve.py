@@ -96,7 +96,7 @@ def refine(wcs: WCS, x, y, ref_ra, ref_dec, *, shape: tuple[int, int], sip_degre
     radius = match_radius_px
     ref_ra, ref_dec = np.asarray(ref_ra, float), np.asarray(ref_dec, float)
     for iteration in range(iterations):
-        px, py = _project(wcs, ref_ra, ref_dec, shape)
+        px, py = project(wcs, ref_ra, ref_dec, shape)
         on = (px > -2) & (px < nx + 1) & (py > -2) & (py < ny + 1)
         ref_idx = np.flatnonzero(on)
         distance, src_idx = tree.query(np.column_stack([px[on], py[on]]), distance_upper_bound=radius)
@@ -127,7 +127,7 @@ def refine(wcs: WCS, x, y, ref_ra, ref_dec, *, shape: tuple[int, int], sip_degre
     return Solution(wcs, float(np.std(dx)), float(np.std(dy)), len(ref_idx), src_idx, ref_idx, dx, dy, parity)
 
 
-def _project(wcs: WCS, ra: np.ndarray, dec: np.ndarray, shape: tuple[int, int], margin: float = 50.0) -> tuple[np.ndarray, np.ndarray]:
+def project(wcs: WCS, ra: np.ndarray, dec: np.ndarray, shape: tuple[int, int], margin: float = 50.0) -> tuple[np.ndarray, np.ndarray]:
     """Pixel positions of sky positions; those the linear part puts far off the frame are left at
     the linear position (a fitted SIP polynomial must not be extrapolated, nor inverted, there)."""
     ny, nx = shape

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import sep
 
+from mstlake.phot.surface import Surface, fit_surface
+
 DIAMETERS_PX = tuple(float(d) for d in range(2, 51, 2))
 
 
@@ -54,11 +56,13 @@ def magnitudes(flux: np.ndarray, flux_err: np.ndarray) -> tuple[np.ndarray, np.n
 
 def best_aperture(fluxes: ApertureFluxes, *, min_error: float = 0.002, max_error: float = 0.008) -> tuple[int, np.ndarray]:
     """Index of the frame's best aperture and the stars that chose it (a bool selection): stars
-    whose best error lies in [min_error, max_error] mag, clean in every aperture."""
+    whose best error lies in [min_error, max_error] mag, no masked pixel within 20 px diameter."""
     snr = fluxes.flux / np.maximum(fluxes.flux_err, 1e-30)
     each = np.argmax(snr, axis=1)
     best_error = 2.5 / np.log(10) / snr[np.arange(len(snr)), each]
-    chosen = (best_error >= min_error) & (best_error <= max_error) & ~fluxes.masked.any(axis=1) & (fluxes.flux > 0).all(axis=1)
+    # clean out to 20 px (a masked pixel somewhere in a 50-px aperture is the rule in a crowded frame)
+    inner = fluxes.diameters <= 20
+    chosen = (best_error >= min_error) & (best_error <= max_error) & ~fluxes.masked[:, inner].any(axis=1) & (fluxes.flux > 0).all(axis=1)
     if not chosen.any():
         raise ValueError(f"no star with errors between {min_error} and {max_error} mag in every aperture")
     return int(np.round(np.median(each[chosen]))), chosen
@@ -75,36 +79,10 @@ def reference_aperture(fluxes: ApertureFluxes, stars: np.ndarray, *, tolerance_m
     return curve.size - 1
 
 
-def _poly2(x: np.ndarray, y: np.ndarray, scale: float) -> np.ndarray:
-    u, v = x / scale, y / scale
-    return np.column_stack([np.ones_like(u), u, v, u * u, u * v, v * v])
-
-
-@dataclass(frozen=True)
-class ApertureCorrection:
-    coefficients: np.ndarray  # of 1, u, v, u^2, uv, v^2 with u = x / scale, v = y / scale
-    scale: float
-    rms_mag: float
-    n_stars: int
-
-    def __call__(self, x, y) -> np.ndarray:
-        return _poly2(np.asarray(x, float), np.asarray(y, float), self.scale) @ self.coefficients
-
-
-def aperture_correction(x, y, mag_best, mag_ref, *, scale: float, clip_sigma: float = 3.0, iterations: int = 5) -> ApertureCorrection:
-    """mag_ref - mag_best as a 2nd-order polynomial of position, with sigma clipping."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
+def aperture_correction(x, y, mag_best, mag_ref, *, shape: tuple[int, int], clip_sigma: float = 3.0) -> Surface:
+    """mag_ref - mag_best as a 2nd-order polynomial of position on a detector of ``shape``
+    (ny, nx), with sigma clipping; its ``rms`` is the residual scatter of the kept stars."""
     delta = np.asarray(mag_ref, float) - np.asarray(mag_best, float)
-    keep = np.isfinite(delta)
-    if keep.sum() < 6:
-        raise ValueError(f"only {keep.sum()} stars for a 6-term aperture correction")
-    design = _poly2(x, y, scale)
-    for _ in range(iterations):
-        coefficients = np.linalg.lstsq(design[keep], delta[keep], rcond=None)[0]
-        residual = delta - design @ coefficients
-        sigma = 1.4826 * np.median(np.abs(residual[keep] - np.median(residual[keep])))
-        new = np.isfinite(delta) & (np.abs(residual) <= clip_sigma * max(sigma, 1e-6))
-        if np.array_equal(new, keep) or new.sum() < 6:
-            break
-        keep = new
-    return ApertureCorrection(coefficients, scale, float(np.std(residual[keep])), int(keep.sum()))
+    if np.isfinite(delta).sum() < 6:
+        raise ValueError(f"only {np.isfinite(delta).sum()} stars for a 6-term aperture correction")
+    return fit_surface(x, y, delta, shape=shape, degree=2, clip_sigma=clip_sigma)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mstlake.phot import aperture as ap
+from mstlake.phot.surface import Surface
 
 
 def _gaussian_growth(total, sigma_px, background_var, diameters):
@@ -50,11 +51,11 @@ def test_best_and_reference_apertures_on_synthetic_growth_curves():
 def test_aperture_correction_recovers_a_surface_despite_outliers():
     rng = np.random.default_rng(3)
     x, y = rng.uniform(0, 2000, 400), rng.uniform(0, 1300, 400)
-    true = ap.ApertureCorrection(np.array([-0.05, 0.01, -0.02, 0.015, -0.005, 0.01]), 1000.0, 0.0, 0)
+    true = Surface(np.array([-0.05, 0.01, -0.02, 0.015, -0.005, 0.01]), (999.5, 649.5), 1000.0, 2, 0.0, 0, 0)
     mag_best = rng.uniform(12, 15, 400)
     mag_ref = mag_best + true(x, y) + rng.normal(0, 0.001, 400)
     mag_ref[:20] += 0.2  # blends
-    fitted = ap.aperture_correction(x, y, mag_best, mag_ref, scale=1000.0)
-    assert fitted.rms_mag == pytest.approx(0.001, rel=0.2) and fitted.n_stars >= 375
+    fitted = ap.aperture_correction(x, y, mag_best, mag_ref, shape=(1300, 2000))
+    assert fitted.rms == pytest.approx(0.001, rel=0.2) and fitted.n_used >= 375 and fitted.n_rejected >= 20
     grid_x, grid_y = np.meshgrid(np.linspace(0, 2000, 9), np.linspace(0, 1300, 7))
     assert np.max(np.abs(fitted(grid_x.ravel(), grid_y.ravel()) - true(grid_x.ravel(), grid_y.ravel()))) < 0.001

@@ -1,0 +1,193 @@
+"""Photometry of one solved frame, start to finish (arrays and tables in, tables out).
+
+1. Noise: the background variance (sky + read noise, smooth) from the variance plane without
+   the sources; pepper-and-salt pixels keep their own, larger variance.
+2. PSF: an ePSF from bright, clean, isolated stars, varying across the detector.
+3. PSF photometry of every detection, each with all others subtracted; positions refined for
+   S/N > ``fit_position_min_snr`` (these PSF centroids, free of neighbours' light, then refine
+   the WCS).
+4. Forced photometry at every reference star's position projected through the WCS (detections
+   without a catalogue counterpart stay in the model at their own positions, so their light is
+   not given to catalogue stars); fluxes are kept when negative.
+5. Aperture photometry in 25 apertures; best and reference aperture and the aperture correction
+   from stars with their neighbours subtracted.
+6. Zero point ZP(x, y) from the standards (forced PSF magnitudes against the library), applied to
+   PSF, forced and aperture magnitudes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import sep
+from scipy.spatial import cKDTree
+
+from mstlake.astrom import extract, solve
+from mstlake.config import PhotometryConfig
+from mstlake.phot import aperture as ap
+from mstlake.phot import psf as psf_kernels
+from mstlake.phot.surface import Surface
+from mstlake.phot.zeropoint import ZeroPoint, ZeroPointError, fit_zero_point
+
+PS_BIT = 4
+
+
+@dataclass(frozen=True)
+class FramePhotometry:
+    sources: pd.DataFrame  # every detection: PSF and aperture photometry, calibrated magnitudes
+    forced: pd.DataFrame  # every reference star on the frame: forced PSF flux and magnitude
+    psf: psf_kernels.EffectivePSF
+    psf_stars: int
+    aperture_fluxes: ap.ApertureFluxes  # of every detection, rows as in sources
+    solution: solve.Solution  # the WCS refined with the PSF centroids
+    zero_point: ZeroPoint | None
+    zero_point_problem: str | None
+    cloudy: bool  # the standards scatter about the smooth zero point more than clear sky allows
+    best_aperture: int | None
+    reference_aperture: int | None
+    aperture_correction: Surface | None
+
+
+def background_variance(variance: np.ndarray, mask: np.ndarray, residual: np.ndarray, background_rms: float) -> np.ndarray:
+    """The variance of a pixel without the sources' photon noise: a smooth map of the variance
+    plane where there are no sources, with pepper-and-salt pixels' own variance kept."""
+    busy = ((mask & ~np.uint8(PS_BIT)) > 0) | (residual > 2.0 * background_rms)
+    smooth = sep.Background(np.ascontiguousarray(variance, dtype=np.float32), mask=busy).back()
+    return np.where((mask & PS_BIT) > 0, np.maximum(variance, smooth), smooth)
+
+
+def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs, reference: pd.DataFrame, *, band: str, gain: float, cfg: PhotometryConfig, sip_degree: int = 4, clip_sigma: float = 3.0, timings: dict | None = None) -> FramePhotometry:
+    """``reference``: the reference stars near the frame with columns ra, dec, mag_<band> and
+    mag_<band>_error (the standard_library schema). Magnitudes are instrumental -2.5 log10(ADU) before the
+    zero point."""
+    clock = _Laps(timings)
+    image = np.asarray(image, np.float32)
+    ny, nx = image.shape
+    hidden = (np.asarray(mask) & ~np.uint8(PS_BIT)) > 0
+    residual = image - extraction.background
+    noise = background_variance(variance, mask, residual, extraction.background_rms)
+    sources = extraction.sources.reset_index(drop=True)
+
+    clock.lap("noise")
+    # the PSF from bright, clean, isolated stars below saturation
+    candidates = sources[(sources.flag == 0) & (sources.snr > cfg.psf_min_snr)].nlargest(cfg.psf_max_stars, "snr")
+    fwhm = float(np.median(candidates.fwhm)) if len(candidates) else float(np.median(sources.fwhm))
+    model = psf_kernels.build_psf(residual, noise, hidden, candidates.x, candidates.y, candidates.flux, fwhm=fwhm, gain=gain)
+
+    clock.lap("psf_model")
+    # PSF photometry of every detection (positions refined for the brighter ones)
+    fit = psf_kernels.psf_photometry(residual, noise, hidden, model, sources.x, sources.y, sources.flux, fit_position=sources.snr.values > cfg.fit_position_min_snr, gain=gain, iterations=cfg.psf_iterations)
+    psf_ok = (fit.flag & psf_kernels.PSF_NOT_CONVERGED) == 0
+    sources = sources.assign(x_psf=fit.x, y_psf=fit.y, flux_psf=fit.flux, flux_psf_err=fit.flux_err, chi2_psf=fit.chi2_reduced, flag_psf=fit.flag)
+
+    clock.lap("psf_photometry")
+    # the WCS again, from the neighbour-free centroids
+    clean = (sources.flag.values & ~extract.NEIGHBOUR) == 0
+    use = clean & psf_ok & (fit.flag & psf_kernels.PSF_POOR_FIT == 0) & np.isfinite(fit.x)
+    solution = solve.refine(wcs, fit.x[use], fit.y[use], reference.ra.values, reference.dec.values, shape=(ny, nx), sip_degree=sip_degree, match_radius_px=2.0, clip_sigma=clip_sigma)
+    ra, dec = solution.wcs.all_pix2world(np.where(psf_ok, fit.x, sources.x), np.where(psf_ok, fit.y, sources.y), 0)
+    sources = sources.assign(ra=ra, dec=dec)
+
+    clock.lap("wcs_refit")
+    # forced photometry at the catalogue positions; unmatched detections stay in the model
+    rx, ry = solve.project(solution.wcs, reference.ra.values.astype(float), reference.dec.values.astype(float), (ny, nx))
+    on_frame = np.isfinite(rx) & np.isfinite(ry) & (rx > -0.5) & (rx < nx - 0.5) & (ry > -0.5) & (ry < ny - 0.5)
+    ref = reference[on_frame].reset_index(drop=True)
+    rx, ry = rx[on_frame], ry[on_frame]
+    det_x, det_y = np.where(psf_ok, fit.x, sources.x), np.where(psf_ok, fit.y, sources.y)
+    matched_detection = np.full(len(ref), -1)
+    if len(ref) and len(sources):
+        distance, nearest = cKDTree(np.column_stack([det_x, det_y])).query(np.column_stack([rx, ry]), distance_upper_bound=cfg.forced_match_radius_px)
+        matched_detection = np.where(np.isfinite(distance), nearest, -1)
+    others = np.setdiff1d(np.arange(len(sources)), matched_detection[matched_detection >= 0])
+    start_flux = np.where(matched_detection >= 0, np.nan_to_num(fit.flux[np.maximum(matched_detection, 0)]), 0.0)
+    forced_fit = psf_kernels.psf_photometry(
+        residual, noise, hidden, model, np.concatenate([rx, det_x[others]]), np.concatenate([ry, det_y[others]]),
+        np.concatenate([start_flux, np.nan_to_num(fit.flux[others])]), fit_position=False, gain=gain, iterations=cfg.psf_iterations,
+    )
+    n_ref = len(ref)
+    forced = pd.DataFrame({
+        "reference_index": np.flatnonzero(on_frame), "x": rx, "y": ry,
+        "flux": forced_fit.flux[:n_ref], "flux_err": forced_fit.flux_err[:n_ref], "chi2": forced_fit.chi2_reduced[:n_ref], "flag": forced_fit.flag[:n_ref],
+        "detection": matched_detection,
+    })
+    forced["mag_inst"], forced["mag_inst_err"] = ap.magnitudes(forced.flux.values, forced.flux_err.values)
+
+    clock.lap("forced_photometry")
+    # aperture photometry; growth curve and aperture correction on neighbour-subtracted stars
+    fluxes = ap.aperture_fluxes(residual, variance, sources.x, sources.y, mask=hidden)
+    best = reference_index = correction = None
+    try:
+        best, chosen = ap.best_aperture(fluxes)
+        sample = np.flatnonzero(chosen & clean & psf_ok & np.isfinite(fit.flux))
+        sample = sample[np.argsort(-fit.flux[sample])][: cfg.apcorr_max_stars]
+        growth = neighbour_free_apertures(residual, variance, hidden, model, det_x, det_y, np.nan_to_num(fit.flux), sample)
+        reference_index = ap.reference_aperture(growth, np.ones(sample.size, bool))
+        mag_sample, _ = ap.magnitudes(growth.flux, growth.flux_err)
+        correction = ap.aperture_correction(det_x[sample], det_y[sample], mag_sample[:, best], mag_sample[:, reference_index], shape=(ny, nx))
+    except ValueError:
+        pass  # too few good stars: aperture magnitudes stay uncorrected (best_aperture is None)
+    mag_ap, mag_ap_err = ap.magnitudes(fluxes.flux, fluxes.flux_err)
+    sources = sources.assign(mag_psf_inst=ap.magnitudes(fit.flux, fit.flux_err)[0], mag_psf_inst_err=ap.magnitudes(fit.flux, fit.flux_err)[1])
+
+    clock.lap("apertures_and_correction")
+    # zero point from the standards' forced PSF magnitudes
+    zero_point, problem = None, None
+    mag_column, err_column = f"mag_{band}", f"mag_{band}_error"
+    calibrators = (forced.detection.values >= 0) & (forced.flag.values == 0) & (forced.chi2.values < cfg.calibrator_max_chi2)
+    if len(ref):
+        det = np.maximum(forced.detection.values, 0)
+        calibrators &= (sources.flag.values[det] & ~extract.NEIGHBOUR) == 0
+    try:
+        ref_err = ref[err_column].values if err_column in ref else np.full(len(ref), 0.01)
+        zero_point = fit_zero_point(forced.x[calibrators], forced.y[calibrators], forced.mag_inst[calibrators], forced.mag_inst_err[calibrators], ref[mag_column].values[calibrators], ref_err[calibrators], shape=(ny, nx), degree=cfg.zero_point_degree, max_error=cfg.calibrator_max_error, clip_sigma=cfg.zero_point_clip_sigma)
+    except ZeroPointError as err:
+        problem = str(err)
+    zp_sources = zero_point(det_x, det_y) if zero_point else np.full(len(sources), np.nan)
+    if zero_point:
+        forced["mag"] = forced.mag_inst + zero_point(forced.x, forced.y)
+    else:
+        forced["mag"] = np.nan
+    sources = sources.assign(mag_psf=sources.mag_psf_inst + zp_sources)
+    if best is not None:
+        apcorr = correction(sources.x, sources.y) if correction is not None else 0.0
+        sources = sources.assign(mag_ap_best_inst=mag_ap[:, best], mag_ap_best_err=mag_ap_err[:, best], mag_ap=mag_ap[:, best] + apcorr + zp_sources)
+    clock.lap("zero_point")
+    cloudy = zero_point is None or zero_point.rms > cfg.cloudy_zero_point_rms
+    return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, zero_point, problem, cloudy, best, reference_index, correction)
+
+
+class _Laps:
+    """Seconds per step into ``timings`` (when given), for the speed benchmark."""
+
+    def __init__(self, timings: dict | None):
+        self.timings, self.last = timings, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = now - self.last
+        self.last = now
+
+
+def neighbour_free_apertures(residual, variance, hidden, model: psf_kernels.EffectivePSF, x, y, flux, sample) -> ap.ApertureFluxes:
+    """Aperture fluxes of the stars ``sample`` (indices) as if each were alone: every star's PSF
+    model is removed from the image (masked pixels then hold the models' best guess, zero), and
+    the star's own model's share of each aperture is added back, measured on its own stamp."""
+    x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
+    others_removed = psf_kernels.subtract_stars(residual, model, x, y, flux)
+    others_removed[hidden] = 0.0
+    around = ap.aperture_fluxes(others_removed, variance, x[sample], y[sample])
+    # own models in a mosaic of tiles, one star per tile, wide enough for the largest aperture
+    half = int(np.ceil(max(ap.DIAMETERS_PX) / 2)) + 2
+    tile = 2 * half + 1
+    columns = int(np.ceil(np.sqrt(max(sample.size, 1))))
+    mosaic = np.zeros((tile * int(np.ceil(sample.size / columns) or 1), tile * columns))
+    tile_x = (np.arange(sample.size) % columns) * tile + half + (x[sample] - np.rint(x[sample]))
+    tile_y = (np.arange(sample.size) // columns) * tile + half + (y[sample] - np.rint(y[sample]))
+    own = psf_kernels.subtract_stars(mosaic, model, tile_x, tile_y, -flux[sample])
+    alone = ap.aperture_fluxes(own, np.zeros_like(own), tile_x, tile_y)
+    return ap.ApertureFluxes(around.diameters, around.flux + alone.flux, around.flux_err, np.zeros_like(around.masked))

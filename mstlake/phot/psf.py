@@ -1,0 +1,414 @@
+"""An effective PSF (ePSF) that varies across the detector, and PSF photometry with it.
+
+The model is empirical (Anderson & King 2000): the pixel-integrated PSF sampled on a grid finer
+than the pixels, built from bright isolated stars, with each grid node a low-order polynomial in
+the star's position on the detector (like DAOPHOT's and PSFEx's variable PSFs). Nothing about its
+shape is assumed, so it fits whatever the optics make (Moffat wings, coma, astigmatism).
+
+Evaluation goes through precomputed *phase stamps*: for each polynomial term, the model on the
+native pixel grid for 16 x 16 sub-pixel phases (cubic-spline interpolation of the fine grid, once
+per frame), blended bilinearly in phase for each star. That makes tens of thousands of stars cheap.
+
+Photometry fits every star at once, Jacobi-style: all stars' models are rendered into one image,
+and each star is refitted on the image with every *other* star subtracted (its neighbours' light
+is then not in its flux, its centroid or its growth curve). Stars marked ``fit_position`` get
+Gauss-Newton updates of (flux, x, y); the rest (faint detections, forced photometry at catalogue
+positions) get the linear flux fit at a fixed position, which can be negative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from mstlake.phot.surface import n_terms as count_terms
+from mstlake.phot.surface import poly_terms
+
+PHASES = 16  # sub-pixel phase steps per pixel for the precomputed stamps
+
+# flag bits of PSF photometry
+PSF_MASKED = 1  # masked pixels inside the fit radius (they are left out of the fit)
+PSF_EDGE = 2  # the fit stamp crosses the image edge
+PSF_POOR_FIT = 4  # reduced chi^2 above the limit: not a single point source (blend, artefact)
+PSF_NOT_CONVERGED = 8  # the position moved by more than a pixel, or the fit had no usable pixels
+
+
+@dataclass(frozen=True)
+class EffectivePSF:
+    """Fine-grid pixel-integrated PSF; ``basis[k]`` is the k-th polynomial term's grid, nodes at
+    offsets (j - half * oversampling) / oversampling px from the star (rows y, columns x)."""
+
+    basis: np.ndarray  # (K, n, n), n = 2 * half * oversampling + 1
+    oversampling: int
+    half: int  # native pixels covered each side of the star
+    centre: tuple[float, float]
+    scale: float
+    degree: int
+    fwhm: float  # at the detector centre, px
+
+    def grid_at(self, x: float, y: float) -> np.ndarray:
+        """The fine-grid model at one detector position."""
+        return np.tensordot(poly_terms([x], [y], self.centre, self.scale, self.degree)[0], self.basis, axes=1)
+
+    def phase_stamps(self, half: int) -> PhaseStamps:
+        return PhaseStamps.from_psf(self, half)
+
+
+@dataclass(frozen=True)
+class PhaseStamps:
+    """The model on native pixels (offsets -half..half) at (PHASES + 1)^2 sub-pixel phases, for
+    each polynomial term: values and x/y derivatives with respect to the star's position."""
+
+    values: np.ndarray  # (K, P + 1, P + 1, s, s), s = 2 * half + 1; [k, phase_y, phase_x, dy, dx]
+    d_dx: np.ndarray
+    d_dy: np.ndarray
+    psf: EffectivePSF
+    half: int
+
+    @classmethod
+    def from_psf(cls, psf: EffectivePSF, half: int) -> PhaseStamps:
+        half = min(half, psf.half)
+        offsets = np.arange(-half, half + 1, dtype=float)
+        phases = np.linspace(-0.5, 0.5, PHASES + 1)
+        # node coordinate of pixel offset (o - phase): star at phase, pixel at o
+        coords = (offsets[None, :] - phases[:, None]) * psf.oversampling + psf.half * psf.oversampling  # (P+1, s)
+        size = offsets.size
+        values = np.empty((psf.basis.shape[0], PHASES + 1, PHASES + 1, size, size))
+        d_dx, d_dy = np.empty_like(values), np.empty_like(values)
+        cy = np.broadcast_to(coords[:, None, :, None], (PHASES + 1, PHASES + 1, size, size))
+        cx = np.broadcast_to(coords[None, :, None, :], (PHASES + 1, PHASES + 1, size, size))
+        for k, grid in enumerate(psf.basis):
+            spline = ndimage.spline_filter(grid, order=3, mode="constant")
+            values[k] = ndimage.map_coordinates(spline, [cy, cx], order=3, prefilter=False, mode="constant")
+            # derivatives with respect to the star position: minus the gradient in offset
+            gy, gx = np.gradient(grid, 1.0 / psf.oversampling)
+            d_dx[k] = -ndimage.map_coordinates(ndimage.spline_filter(gx, order=3, mode="constant"), [cy, cx], order=3, prefilter=False, mode="constant")
+            d_dy[k] = -ndimage.map_coordinates(ndimage.spline_filter(gy, order=3, mode="constant"), [cy, cx], order=3, prefilter=False, mode="constant")
+        return cls(values, d_dx, d_dy, psf, half)
+
+    def evaluate(self, x, y, *, derivatives: bool = False):
+        """Stamps for stars at (x, y): pixel rows/columns (n, s) and values (n, s, s) (and their
+        derivatives with respect to x and y when asked). Pixel (row iy + dy, column ix + dx)."""
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+        tx = np.clip((x - ix + 0.5) * PHASES, 0, PHASES)
+        ty = np.clip((y - iy + 0.5) * PHASES, 0, PHASES)
+        jx, jy = np.minimum(tx.astype(int), PHASES - 1), np.minimum(ty.astype(int), PHASES - 1)
+        wx, wy = tx - jx, ty - jy
+        terms = poly_terms(x, y, self.psf.centre, self.psf.scale, self.psf.degree)  # (n, K)
+
+        def blend(table):
+            out = np.zeros((x.size, table.shape[-2], table.shape[-1]))
+            for k in range(table.shape[0]):
+                part = (table[k, jy, jx] * ((1 - wy) * (1 - wx))[:, None, None] + table[k, jy, jx + 1] * ((1 - wy) * wx)[:, None, None]
+                        + table[k, jy + 1, jx] * (wy * (1 - wx))[:, None, None] + table[k, jy + 1, jx + 1] * (wy * wx)[:, None, None])
+                out += terms[:, k, None, None] * part
+            return out
+
+        rows = iy[:, None] + np.arange(-self.half, self.half + 1)
+        cols = ix[:, None] + np.arange(-self.half, self.half + 1)
+        if derivatives:
+            return rows, cols, blend(self.values), blend(self.d_dx), blend(self.d_dy)
+        return rows, cols, blend(self.values)
+
+
+def _gather(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel values at (rows x cols) for each star (n, s, s) and whether each lies on the image."""
+    ny, nx = image.shape
+    inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
+    flat = np.clip(rows, 0, ny - 1)[:, :, None] * nx + np.clip(cols, 0, nx - 1)[:, None, :]
+    return image.reshape(-1)[flat], inside
+
+
+def _scatter(shape, rows, cols, values) -> np.ndarray:
+    """Sum of the stamps ``values`` (n, s, s) placed at (rows x cols) into an image."""
+    ny, nx = shape
+    inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
+    flat = rows[:, :, None] * nx + cols[:, None, :]
+    return np.bincount(flat[inside], weights=values[inside], minlength=ny * nx).reshape(shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# building the model
+
+
+def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, x, y, flux, *, fwhm: float, gain: float | None = None, half: int | None = None, degree: int | None = None, oversampling: int | None = None, iterations: int = 3, passes: int = 4, clip_sigma: float = 4.0) -> EffectivePSF:
+    """An ePSF from bright isolated stars at (x, y) with first-guess fluxes, on a background-
+    subtracted ``residual`` (noise as in ``psf_photometry``). ``degree`` of the spatial polynomial and the ``oversampling`` follow
+    the number of stars when not given (each node needs samples from enough stars)."""
+    x, y, flux = (np.asarray(a, float).copy() for a in (x, y, flux))
+    ny, nx = residual.shape
+    n_stars = x.size
+    if n_stars < 5:
+        raise ValueError(f"only {n_stars} PSF stars; at least 5 are needed for a PSF model")
+    if degree is None:
+        degree = 0 if n_stars < 40 else 1 if n_stars < 150 else 2
+    n_terms = count_terms(degree)
+    if oversampling is None:
+        oversampling = 4 if n_stars / n_terms >= 150 else 2
+    half = int(half if half is not None else max(8, np.ceil(3.5 * fwhm)))
+    centre, scale = ((nx - 1) / 2, (ny - 1) / 2), max(nx, ny) / 2  # as in mstlake.phot.surface
+    m = half * oversampling
+    n_nodes = 2 * m + 1
+    offsets = np.arange(-half, half + 1)
+    rows, cols = np.rint(y).astype(int)[:, None] + offsets, np.rint(x).astype(int)[:, None] + offsets
+    data, inside = _gather(residual, rows, cols)
+    masked, _ = _gather(hidden, rows, cols)
+    noise, _ = _gather(background_variance, rows, cols)
+    usable = inside & ~masked.astype(bool) & (noise > 0)
+    terms = poly_terms(x, y, centre, scale, degree)  # (n, K)
+    basis = np.zeros((n_terms, n_nodes, n_nodes))
+    keep_star = np.ones(n_stars, bool)
+    for iteration in range(iterations):
+        # offsets of each sample from its star, in fine-grid node units
+        ox = np.broadcast_to((cols[:, None, :] - x[:, None, None]) * oversampling + m, data.shape)
+        oy = np.broadcast_to((rows[:, :, None] - y[:, None, None]) * oversampling + m, data.shape)
+        normalised = data / flux[:, None, None]
+        sel = usable & keep_star[:, None, None]
+        fx, fy = ox[sel], oy[sel]
+        # each sample shares itself among its four nearest nodes (bilinear): four times the samples
+        # per node where stars are few; the blur this causes is undone by the passes below, each
+        # fitting what the model, evaluated at the samples' exact offsets, still misses
+        x0, y0 = np.floor(fx).astype(int), np.floor(fy).astype(int)
+        nodes, kernels = [], []
+        for ddx, ddy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            kernels.append((1 - np.abs(fx - (x0 + ddx))) * (1 - np.abs(fy - (y0 + ddy))))
+            nodes.append(np.where((x0 + ddx >= 0) & (x0 + ddx < n_nodes) & (y0 + ddy >= 0) & (y0 + ddy < n_nodes), (y0 + ddy) * n_nodes + x0 + ddx, -1))
+        node, kernel = np.concatenate(nodes), np.concatenate(kernels)
+        on_grid = node >= 0
+        node = node[on_grid]
+        star_flux = np.broadcast_to(flux[:, None, None], data.shape)[sel]
+        star_terms = np.broadcast_to(terms[:, None, None, :], data.shape + (n_terms,))[sel]
+        sample_terms = np.tile(star_terms, (4, 1))[on_grid]
+        for correction_pass in range(passes):
+            current = _evaluate_samples(basis, star_terms, fx, fy) if (correction_pass or iteration) else np.zeros(fx.size)
+            # photon weights, capped at a 0.2% model error so that no single bright star owns a node
+            photons = np.maximum(star_flux * (current if (correction_pass or iteration) else normalised[sel]), 0) / gain if gain else 0.0
+            weight = 1.0 / ((noise[sel] + photons).clip(1e-12) / star_flux**2 + (0.002 * np.abs(normalised[sel])) ** 2 + 1e-12)
+            target = normalised[sel] - current
+            correction = _node_fit(node, np.tile(target, 4)[on_grid], (np.tile(weight, 4) * kernel)[on_grid], sample_terms, n_nodes, clip_sigma)
+            basis = _tidy(basis + correction, fwhm * oversampling, oversampling)
+        # refit the stars' fluxes and positions with the new model; drop the ones it does not fit
+        psf = EffectivePSF(basis, oversampling, half, centre, scale, degree, fwhm)
+        fit = psf_photometry(residual, background_variance, hidden, psf, x, y, flux, fit_position=np.ones(n_stars, bool), gain=gain, iterations=3, fit_half=max(2, int(np.ceil(1.5 * fwhm))))
+        good = np.isfinite(fit.flux) & (fit.flux > 0) & (fit.flag & (PSF_NOT_CONVERGED | PSF_EDGE) == 0)
+        x, y, flux = np.where(good, fit.x, x), np.where(good, fit.y, y), np.where(good, fit.flux, flux)
+        chi = fit.chi2_reduced
+        limit = np.nanmedian(chi[good]) + 5 * 1.4826 * np.nanmedian(np.abs(chi[good] - np.nanmedian(chi[good])))
+        keep_star = good & (chi <= limit)
+        if keep_star.sum() < max(5, n_terms * 5):
+            keep_star = good
+        rows, cols = np.rint(y).astype(int)[:, None] + offsets, np.rint(x).astype(int)[:, None] + offsets
+        data, inside = _gather(residual, rows, cols)
+        masked, _ = _gather(hidden, rows, cols)
+        noise, _ = _gather(background_variance, rows, cols)
+        usable = inside & ~masked.astype(bool) & (noise > 0)
+        terms = poly_terms(x, y, centre, scale, degree)
+    measured = _fwhm_of(basis[0], oversampling)
+    return EffectivePSF(basis, oversampling, half, centre, scale, degree, measured)
+
+
+def _evaluate_samples(basis: np.ndarray, terms: np.ndarray, fx: np.ndarray, fy: np.ndarray) -> np.ndarray:
+    """The model at fine-grid coordinates (fx, fy) for samples whose stars have polynomial terms
+    ``terms`` (n, K)."""
+    out = np.zeros(fx.size)
+    for k in range(basis.shape[0]):
+        spline = ndimage.spline_filter(basis[k], order=3, mode="constant")
+        out += terms[:, k] * ndimage.map_coordinates(spline, [fy, fx], order=3, prefilter=False, mode="constant")
+    return out
+
+
+def _node_fit(node, target, weight, terms, n_nodes: int, clip_sigma: float) -> np.ndarray:
+    """Per fine-grid node, the weighted least-squares polynomial (in star position) through the
+    samples that fall on it, clipped once at ``clip_sigma`` robust sigma; nodes with too few
+    samples are filled from their neighbours. Returns (K, n_nodes, n_nodes)."""
+    total = n_nodes * n_nodes
+    n_terms = terms.shape[1]
+    keep = np.ones(node.size, bool)
+    for _ in range(2):
+        w = weight * keep
+        normal = np.empty((total, n_terms, n_terms))
+        rhs = np.empty((total, n_terms))
+        for a in range(n_terms):
+            rhs[:, a] = np.bincount(node, weights=w * terms[:, a] * target, minlength=total)
+            for b in range(a, n_terms):
+                normal[:, a, b] = normal[:, b, a] = np.bincount(node, weights=w * terms[:, a] * terms[:, b], minlength=total)
+        support = np.bincount(node, weights=keep * (weight > 0) * 1.0, minlength=total)
+        ok = support >= 3 * n_terms
+        ridge = 1e-9 * np.trace(normal, axis1=1, axis2=2)[:, None, None] * np.eye(n_terms)
+        solution = np.zeros((total, n_terms))
+        solution[ok] = np.linalg.solve(normal[ok] + ridge[ok], rhs[ok][..., None])[..., 0]
+        fitted = np.einsum("nk,nk->n", terms, solution[node])
+        pull = (target - fitted) * np.sqrt(weight)
+        spread = 1.4826 * np.median(np.abs(pull[keep])) if keep.any() else 1.0
+        keep = np.abs(pull) <= clip_sigma * max(spread, 1.0)  # pulls are in noise units: never clip tighter
+    grids = solution.T.reshape(n_terms, n_nodes, n_nodes)
+    known = ok.reshape(n_nodes, n_nodes).astype(float)
+    if not known.all():
+        for k in range(n_terms):
+            filled = ndimage.gaussian_filter(grids[k] * known, 1.5) / np.maximum(ndimage.gaussian_filter(known, 1.5), 1e-6)
+            grids[k] = np.where(known > 0, grids[k], filled)
+    return grids
+
+
+def _tidy(basis: np.ndarray, fwhm_nodes: float, oversampling: int) -> np.ndarray:
+    """Smooth the faint wings (noise dominates them, the optics make them smooth), keep the core
+    exactly as measured, centre the constant term (the model and the star positions could
+    otherwise drift together) and normalise it to unit flux over the grid."""
+    n = basis.shape[-1]
+    r = np.hypot(*np.meshgrid(np.arange(n) - n // 2, np.arange(n) - n // 2))
+    blend = np.clip((r - 1.5 * fwhm_nodes) / fwhm_nodes, 0.0, 1.0)
+    out = np.empty_like(basis)
+    for k, grid in enumerate(basis):
+        smooth = ndimage.gaussian_filter(grid, sigma=0.5 * oversampling, mode="constant")
+        out[k] = (1 - blend) * grid + blend * smooth
+    core = (r <= 1.5 * fwhm_nodes) & (out[0] > 0)
+    weight = np.where(core, out[0], 0.0)
+    if weight.sum() > 0:
+        yy, xx = np.mgrid[0:n, 0:n]
+        shift = (n // 2 - (weight * yy).sum() / weight.sum(), n // 2 - (weight * xx).sum() / weight.sum())
+        out = np.stack([ndimage.shift(grid, shift, order=3, mode="constant") for grid in out])
+    total = out[0].sum() / oversampling**2
+    if total > 0:
+        out /= total
+    return out
+
+
+def _fwhm_of(grid: np.ndarray, oversampling: int) -> float:
+    """Width of the area above half the peak, as the diameter of a circle of that area."""
+    above = grid >= 0.5 * grid.max()
+    return float(2 * np.sqrt(above.sum() / np.pi) / oversampling)
+
+
+# --------------------------------------------------------------------------------------------------
+# photometry
+
+
+@dataclass(frozen=True)
+class PsfFit:
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray  # image units (ADU); negative allowed at fixed positions
+    flux_err: np.ndarray
+    chi2_reduced: np.ndarray
+    n_pixels: np.ndarray  # unmasked pixels in the fit
+    flag: np.ndarray  # PSF_* bits
+
+
+def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, psf: EffectivePSF, x, y, flux, *, fit_position, gain: float | None = None, iterations: int = 3, fit_half: int | None = None, stamps: PhaseStamps | None = None, subtract_half: int | None = None, max_chi2: float = 5.0) -> PsfFit:
+    """Fit the PSF to every star at once, each with all the others subtracted.
+
+    ``residual`` is the background-subtracted image, ``background_variance`` its noise without the
+    stars' photon noise (ADU^2; read noise, sky, and whatever a pixel adds of its own) and
+    ``hidden`` the pixels to leave out. The weights add each star's model photon noise (``gain``,
+    e-/ADU): weights from the data's own noise would bias faint fluxes low and let bright stars'
+    noise decide their weights. ``fit_position`` (bool per star) chooses Gauss-Newton (flux, x, y)
+    or a linear flux fit at the given position (flux then may be negative)."""
+    x, y = np.asarray(x, float).copy(), np.asarray(y, float).copy()
+    flux = np.nan_to_num(np.asarray(flux, float), nan=0.0).copy()
+    fit_position = np.broadcast_to(np.asarray(fit_position, bool), x.shape)
+    fit_half = int(fit_half if fit_half is not None else max(2, int(np.ceil(1.5 * psf.fwhm))))
+    subtract_half = int(subtract_half if subtract_half is not None else psf.half)
+    small = stamps if stamps is not None and stamps.half == fit_half else psf.phase_stamps(fit_half)
+    big = psf.phase_stamps(subtract_half) if subtract_half > fit_half else small
+    source_variance = background_variance
+    shape = residual.shape
+    n = x.size
+    error = np.full(n, np.nan)
+    chi2 = np.full(n, np.nan)
+    npix = np.zeros(n, int)
+    flag = np.zeros(n, np.int32)
+    start_x, start_y = x.copy(), y.copy()
+    for iteration in range(iterations):
+        model = _render(shape, big, small, x, y, flux, background_variance)
+        remaining = residual - model
+        for chunk in _chunks(n, 20_000):
+            rows, cols, p, px, py = small.evaluate(x[chunk], y[chunk], derivatives=True)
+            data, inside = _gather(remaining, rows, cols)
+            data = data + flux[chunk, None, None] * p  # this star back in
+            masked, _ = _gather(hidden, rows, cols)
+            var, _ = _gather(source_variance, rows, cols)
+            usable = inside & ~masked.astype(bool) & (var > 0)
+            if gain is not None:
+                var = var + np.maximum(flux[chunk, None, None] * p, 0) / gain
+            w = np.where(usable, 1.0 / np.where(var > 0, var, 1.0), 0.0)
+            f = flux[chunk]
+            moving = fit_position[chunk]
+            # linear flux fit (every star); Gauss-Newton step in position where asked
+            spp = np.einsum("nij,nij->n", w * p, p)
+            spd = np.einsum("nij,nij->n", w * p, data)
+            new_flux = np.where(spp > 0, spd / np.where(spp > 0, spp, 1.0), np.nan)
+            new_x, new_y = x[chunk].copy(), y[chunk].copy()
+            if moving.any() and iteration < iterations - 1:
+                m = np.flatnonzero(moving)
+                design = np.stack([p[m], f[m, None, None] * px[m], f[m, None, None] * py[m]], axis=-1)  # (m, s, s, 3)
+                wm = w[m][..., None]
+                normal = np.einsum("nija,nijb->nab", design * wm, design)
+                rhs = np.einsum("nija,nij->na", design * wm, data[m] - f[m, None, None] * p[m])
+                ok = (np.linalg.det(normal) > 0) & (f[m] > 0)
+                step = np.zeros((m.size, 3))
+                step[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
+                step[:, 1:] = np.clip(step[:, 1:], -0.5, 0.5)
+                new_flux[m[ok]] = f[m[ok]] + step[ok, 0]
+                new_x[m] += step[:, 1]
+                new_y[m] += step[:, 2]
+            resid = data - new_flux[:, None, None] * p
+            dof = usable.sum(axis=(1, 2)) - np.where(moving, 3, 1)
+            chi2[chunk] = np.einsum("nij,nij->n", w * resid, resid) / np.maximum(dof, 1)
+            error[chunk] = np.where(spp > 0, 1.0 / np.sqrt(np.where(spp > 0, spp, 1.0)), np.nan)
+            npix[chunk] = usable.sum(axis=(1, 2))
+            flux[chunk] = np.nan_to_num(new_flux, nan=0.0)
+            x[chunk], y[chunk] = new_x, new_y
+            if iteration == iterations - 1:
+                central = (np.abs(np.arange(-fit_half, fit_half + 1)) <= 1)
+                core = central[:, None] & central[None, :]
+                flag[chunk] = (np.where((masked.astype(bool) & core).any(axis=(1, 2)), PSF_MASKED, 0) | np.where((~inside).any(axis=(1, 2)), PSF_EDGE, 0)
+                               | np.where(npix[chunk] == 0, PSF_NOT_CONVERGED, 0))
+    moved = np.hypot(x - start_x, y - start_y) > 1.0
+    flag |= np.where(moved, PSF_NOT_CONVERGED, 0).astype(np.int32)
+    flag |= np.where(chi2 > max_chi2, PSF_POOR_FIT, 0).astype(np.int32)
+    flux = np.where(npix > 0, flux, np.nan)
+    return PsfFit(x, y, flux, error, chi2, npix, flag)
+
+
+def _chunks(n: int, size: int):
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _render(shape, big: PhaseStamps, small: PhaseStamps, x, y, flux, variance) -> np.ndarray:
+    """The model image of all stars: bright stars with the wide stamps (their wings matter), the
+    rest with the fit stamps."""
+    model = np.zeros(shape)
+    if x.size == 0:
+        return model
+    wide = np.zeros(x.size, bool)
+    if big is not small:
+        # a star's wing at the fit stamp's edge worth a tenth of the typical pixel noise
+        edge = big.psf.grid_at(*big.psf.centre)
+        m = big.psf.half * big.psf.oversampling
+        edge_value = edge[m, m + small.half * big.psf.oversampling]
+        typical_sigma = float(np.sqrt(np.median(variance[:: max(1, shape[0] // 64), :: max(1, shape[1] // 64)])))
+        wide = flux * max(edge_value, 1e-6) > 0.1 * typical_sigma
+    for stamps, chosen in ((big, wide), (small, ~wide)):
+        index = np.flatnonzero(chosen)
+        for chunk in _chunks(index.size, 20_000 if stamps is small else 2_000):
+            idx = index[chunk]
+            rows, cols, p = stamps.evaluate(x[idx], y[idx])
+            model += _scatter(shape, rows, cols, flux[idx, None, None] * p)
+    return model
+
+
+def subtract_stars(residual: np.ndarray, psf: EffectivePSF, x, y, flux, *, keep=None) -> np.ndarray:
+    """The image with the PSF models of the stars removed, except those where ``keep`` is true."""
+    x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
+    chosen = np.isfinite(flux) if keep is None else np.isfinite(flux) & ~np.asarray(keep, bool)
+    stamps = psf.phase_stamps(psf.half)
+    out = residual.astype(float).copy()
+    index = np.flatnonzero(chosen)
+    for chunk in _chunks(index.size, 2_000):
+        idx = index[chunk]
+        rows, cols, p = stamps.evaluate(x[idx], y[idx])
+        out -= _scatter(residual.shape, rows, cols, flux[idx, None, None] * p)
+    return out

@@ -1,0 +1,66 @@
+"""Smooth functions of detector position: 2-D polynomials fitted with weights and clipping.
+
+The aperture correction, the zero-point surface and the PSF's spatial variation are all such
+functions; they share these terms so that one convention (u = (x - cx) / scale) holds for all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def poly_terms(x, y, centre: tuple[float, float], scale: float, degree: int) -> np.ndarray:
+    """(n, K) terms 1, u, v, u^2, uv, v^2, ... up to ``degree`` in scaled coordinates."""
+    u = (np.asarray(x, float) - centre[0]) / scale
+    v = (np.asarray(y, float) - centre[1]) / scale
+    return np.column_stack([u ** (total - j) * v**j for total in range(degree + 1) for j in range(total + 1)])
+
+
+def n_terms(degree: int) -> int:
+    return (degree + 1) * (degree + 2) // 2
+
+
+@dataclass(frozen=True)
+class Surface:
+    coefficients: np.ndarray
+    centre: tuple[float, float]
+    scale: float
+    degree: int
+    rms: float  # weighted-free rms of the kept points about the surface
+    n_used: int
+    n_rejected: int
+
+    def __call__(self, x, y) -> np.ndarray:
+        return poly_terms(x, y, self.centre, self.scale, self.degree) @ self.coefficients
+
+
+def fit_surface(x, y, value, *, shape: tuple[int, int], degree: int = 2, error=None, clip_sigma: float = 3.0, iterations: int = 10, floor: float = 0.0) -> Surface:
+    """Least-squares polynomial of ``value`` over the detector (``shape`` = (ny, nx)), weighted by
+    1 / (error^2 + floor^2) when errors are given, clipping points whose residual exceeds
+    ``clip_sigma`` times the robust scatter (in units of their own errors). The degree drops when
+    there are too few points for it (at least 3 per term)."""
+    x, y, value = (np.asarray(a, float) for a in (x, y, value))
+    ny, nx = shape
+    centre, scale = ((nx - 1) / 2, (ny - 1) / 2), max(nx, ny) / 2
+    good = np.isfinite(value) & np.isfinite(x) & np.isfinite(y)
+    sigma = np.ones_like(value) if error is None else np.sqrt(np.asarray(error, float) ** 2 + floor**2)
+    good &= np.isfinite(sigma) & (sigma > 0)
+    while degree > 0 and good.sum() < 3 * n_terms(degree):
+        degree -= 1
+    if good.sum() < 1:
+        raise ValueError("no usable points for the surface fit")
+    design = poly_terms(x, y, centre, scale, degree)
+    keep = good.copy()
+    for _ in range(iterations):
+        w = 1.0 / sigma[keep]
+        coefficients = np.linalg.lstsq(design[keep] * w[:, None], value[keep] * w, rcond=None)[0]
+        pull = (value - design @ coefficients) / sigma
+        spread = 1.4826 * np.median(np.abs(pull[keep] - np.median(pull[keep])))
+        new = good & (np.abs(pull) <= clip_sigma * max(spread, 1e-9))
+        if np.array_equal(new, keep) or new.sum() < n_terms(degree):
+            break
+        keep = new
+    residual = value[keep] - design[keep] @ coefficients
+    return Surface(coefficients, centre, scale, degree, float(np.sqrt(np.mean(residual**2))), int(keep.sum()), int(good.sum() - keep.sum()))

@@ -1,0 +1,188 @@
+"""Astrometry, photometry and flux calibration of the calibrated frames (the paper's STATIC) as
+one lazy Dask graph.
+
+Each frame of a field's cubes is read lazily from Zarr, solved (``mstlake.astrom.frame``) and
+measured (``mstlake.phot.frame``); a frame that cannot be solved or calibrated is recorded with
+the reason and the rest go on. Outputs:
+
+* the ``astrometry`` and ``photometry`` tables, one row per frame (a re-run replaces the rows of
+  the frames it measured);
+* per field, band and night, the ``sources`` (every detection) and ``forced_photometry`` (every
+  reference star at its catalogue position) files, each written whole and atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from mstlake.astrom import frame as frame_kernel
+from mstlake.astrom import solve
+from mstlake.config import AstrometryConfig, InstrumentConfig, PhotometryConfig
+from mstlake.lake import cubes
+from mstlake.lake.tables import read_table, write_table_atomic
+from mstlake.paths import LakePaths
+from mstlake.phot import aperture as ap
+from mstlake.phot.frame import FramePhotometry, photometer_frame
+from mstlake.pipeline.progress import dask_progress
+from mstlake.schemas import load_schema
+
+
+@dataclass(frozen=True)
+class StaticResult:
+    solved: int
+    calibrated: int
+    cloudy: list[int]
+    failed: list[tuple[int, str]]  # frames without a WCS
+    uncalibrated: list[tuple[int, str]]  # solved frames without a zero point
+
+
+_UNSOLVED = {"n_sources": 0, "status": "failed", "reason": None, "wcs_header": None, "rms_x_mas": None, "rms_y_mas": None, "n_matched": 0, "mirrored": None, "pointing_offset_arcmin": None}
+_NO_PHOTOMETRY = {
+    "status": "failed", "reason": None, "n_sources": 0, "n_forced": 0, "psf_fwhm_px": None, "psf_stars": 0, "psf_degree": 0, "best_aperture_px": None, "reference_aperture_px": None,
+    "aperture_correction_rms_mag": None, "aperture_correction": None, "zero_point_mag": None, "zero_point_rms_mag": None, "zero_point": None, "n_calibrators": 0, "transparency": None, "cloudy": False,
+}
+
+
+def _measure_cube_frame(store, index, keys, pointing, reference, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg):
+    """One frame: its astrometry row, photometry row, sources and forced-photometry tables (None
+    when it could not be measured). A frame that fails is recorded; the night goes on."""
+    frame = cubes.open_store(store).isel(frame=index)
+    image, variance, mask = frame.image.values, frame.variance.values, frame.mask.values
+    try:
+        found = frame_kernel.solve_image(image, variance, mask, pointing=pointing, ref_ra=reference["ra"], ref_dec=reference["dec"], ref_mag=reference[f"mag_{band}"], pixel_scale_deg=pixel_scale_deg, cfg=astrometry_cfg)
+    except Exception as err:  # SolveError, or anything else in one frame: the night goes on
+        reason = str(err) if isinstance(err, solve.SolveError) else f"{type(err).__name__}: {err}"
+        return {**keys, **_UNSOLVED, "reason": reason}, {**keys, **_NO_PHOTOMETRY, "reason": f"not solved: {reason}"}, None, None
+    try:
+        measured = photometer_frame(image, variance, mask, found.extraction, found.solution.wcs, reference, band=band, gain=gain, cfg=photometry_cfg)
+        solution = measured.solution
+    except Exception as err:  # keep the blind solution; say why there is no photometry
+        measured, solution = None, found.solution
+        photometry_row = {**keys, **_NO_PHOTOMETRY, "reason": f"{type(err).__name__}: {err}"}
+    mas = pixel_scale_deg * 3.6e6
+    astrometry_row = {
+        **keys, "n_sources": len(found.extraction.sources), "status": "solved", "reason": None, "wcs_header": solution.wcs.to_header(relax=True).tostring(),
+        "rms_x_mas": solution.rms_x_px * mas, "rms_y_mas": solution.rms_y_px * mas, "n_matched": solution.n_matched, "mirrored": found.mirrored,
+        "pointing_offset_arcmin": found.pointing_offset_arcmin,
+    }
+    if measured is None:
+        return astrometry_row, photometry_row, None, None
+    return astrometry_row, _photometry_row(keys, measured), _sources_table(keys["frame_id"], measured), _forced_table(keys["frame_id"], measured, reference)
+
+
+def _photometry_row(keys: dict, measured: FramePhotometry) -> dict:
+    zp, correction = measured.zero_point, measured.aperture_correction
+    diameter = (lambda i: None if i is None else float(ap.DIAMETERS_PX[i]))  # noqa: E731
+    return {
+        **keys, "status": "calibrated" if zp is not None else "uncalibrated", "reason": measured.zero_point_problem,
+        "n_sources": len(measured.sources), "n_forced": len(measured.forced), "psf_fwhm_px": measured.psf.fwhm, "psf_stars": measured.psf_stars, "psf_degree": measured.psf.degree,
+        "best_aperture_px": diameter(measured.best_aperture), "reference_aperture_px": diameter(measured.reference_aperture),
+        "aperture_correction_rms_mag": None if correction is None else correction.rms, "aperture_correction": None if correction is None else correction.coefficients.tolist(),
+        "zero_point_mag": None if zp is None else zp.at_centre, "zero_point_rms_mag": None if zp is None else zp.rms, "zero_point": None if zp is None else zp.surface.coefficients.tolist(),
+        "n_calibrators": 0 if zp is None else zp.n_calibrators, "transparency": None, "cloudy": measured.cloudy,
+    }
+
+
+def _sources_table(frame_id: int, measured: FramePhotometry) -> pa.Table:
+    s = measured.sources
+    fitted = np.isfinite(s.x_psf.values) & ((s.flag_psf.values & 8) == 0)
+    columns = {
+        "frame_id": np.full(len(s), frame_id), "x": np.where(fitted, s.x_psf, s.x), "y": np.where(fitted, s.y_psf, s.y), "ra": s.ra, "dec": s.dec,
+        "flux_psf": s.flux_psf, "flux_psf_err": s.flux_psf_err, "chi2_psf": s.chi2_psf, "flag_psf": s.flag_psf, "mag_psf": s.mag_psf, "mag_psf_err": s.mag_psf_inst_err,
+        "flux_ap": measured.aperture_fluxes.flux.astype(np.float32), "flux_ap_err": measured.aperture_fluxes.flux_err.astype(np.float32),
+        "mag_ap": s.mag_ap if "mag_ap" in s else np.full(len(s), np.nan), "mag_ap_err": s.mag_ap_best_err if "mag_ap_best_err" in s else np.full(len(s), np.nan),
+        "snr": s.snr, "fwhm": s.fwhm, "a": s.a, "b": s.b, "theta": s.theta, "flag": s.flag,
+    }
+    return load_schema("sources").from_columns({k: _nulls(v) for k, v in columns.items()})
+
+
+def _forced_table(frame_id: int, measured: FramePhotometry, reference) -> pa.Table:
+    f = measured.forced
+    zero_point = measured.zero_point(f.x.values, f.y.values) if measured.zero_point is not None else np.full(len(f), np.nan)
+    columns = {
+        "frame_id": np.full(len(f), frame_id), "source_id": np.asarray(reference["source_id"])[f.reference_index.values], "x": f.x, "y": f.y,
+        "flux": f.flux, "flux_err": f.flux_err, "chi2": f.chi2, "flag": f.flag, "detected": f.detection.values >= 0, "zero_point": zero_point,
+        "mag": f.mag_inst.values + zero_point, "mag_err": f.mag_inst_err,
+    }
+    return load_schema("forced_photometry").from_columns({k: _nulls(v) for k, v in columns.items()})
+
+
+def _nulls(values):
+    """NaN -> null for float columns (Parquet readers then see missing values as missing)."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f" and values.ndim == 1:
+        return pa.array(values, from_pandas=True)
+    return values
+
+
+def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, progress: bool = True) -> StaticResult:
+    """Solve and measure every frame in the field's cubes; write the tables and files."""
+    frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
+    table = reference.to_pandas() if isinstance(reference, pa.Table) else pd.DataFrame(reference)
+    pixel_scale_deg = instrument.detector.pixel_scale_arcsec / 3600
+    gain = instrument.detector.gain_e_per_adu
+    per_cube = []
+    for _, band, night, store in lake.field_cubes(field):
+        tasks = []
+        for index, frame_id in enumerate(cubes.open_store(store).frame_id.values):
+            row = frames.loc[int(frame_id)]
+            keys = {"frame_id": int(frame_id), "field": field, "band": band, "night": night}
+            pointing = (float(row.ra_pointing), float(row.dec_pointing))
+            tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, table, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
+        per_cube.append(dask.delayed(_write_night)(lake, field, band, night, tasks, dask_key_name=f"static-night-{field}-{band}-{night}"))
+    n_frames = sum(len(cubes.open_store(store).frame_id) for *_, store in lake.field_cubes(field))
+    with dask_progress("astrometry and photometry", n_frames, key_prefix="static-frame-", enabled=progress):
+        nights = list(dask.compute(*per_cube, scheduler=astrometry_cfg.scheduler, num_workers=astrometry_cfg.workers))
+    astrometry_rows = [row for night in nights for row in night[0]]
+    photometry_rows = [row for night in nights for row in night[1]]
+    now = dt.datetime.now(dt.UTC)
+    for row in astrometry_rows:
+        row["solved_at"] = now
+    for row in photometry_rows:
+        row["measured_at"] = now
+    _transparency(photometry_rows, frames)
+    _replace_rows(lake.astrometry_table, load_schema("astrometry"), astrometry_rows)
+    _replace_rows(lake.photometry_table, load_schema("photometry"), photometry_rows)
+    return StaticResult(
+        solved=sum(r["status"] == "solved" for r in astrometry_rows), calibrated=sum(r["status"] == "calibrated" for r in photometry_rows),
+        cloudy=[r["frame_id"] for r in photometry_rows if r["cloudy"] and r["status"] == "calibrated"],
+        failed=[(r["frame_id"], r["reason"]) for r in astrometry_rows if r["status"] != "solved"],
+        uncalibrated=[(r["frame_id"], r["reason"]) for r in photometry_rows if r["status"] != "calibrated" and not r["reason"].startswith("not solved")],
+    )
+
+
+def _write_night(lake: LakePaths, field: str, band: str, night: int, results) -> tuple[list[dict], list[dict]]:
+    """Write one night's sources and forced photometry (whole files, atomically); pass the rows on."""
+    sources = [r[2] for r in results if r[2] is not None]
+    forced = [r[3] for r in results if r[3] is not None]
+    for tables, path, name in ((sources, lake.sources_file(field, band, night), "sources"), (forced, lake.forced_file(field, band, night), "forced_photometry")):
+        schema = load_schema(name)
+        write_table_atomic(pa.concat_tables(tables) if tables else schema.empty(), path, schema)
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+def _transparency(rows: list[dict], frames: pd.DataFrame) -> None:
+    """Flux relative to the clearest calibrated frame of the same telescope and band in this run
+    (extinction included: a frame at high airmass counts as less transparent)."""
+    table = pd.DataFrame([{"i": i, "zp": r["zero_point_mag"], "band": r["band"], "telescope": frames.loc[r["frame_id"], "telescope"]} for i, r in enumerate(rows) if r["zero_point_mag"] is not None])
+    if table.empty:
+        return
+    for _, group in table.groupby(["telescope", "band"]):
+        best = group.zp.max()
+        for item in group.itertuples():
+            rows[item.i]["transparency"] = float(10 ** (-0.4 * (best - item.zp)))
+
+
+def _replace_rows(path, schema, rows: list[dict]) -> None:
+    new = schema.from_rows(rows)
+    existing = read_table(path, schema)
+    redone = {row["frame_id"] for row in rows}
+    if existing.num_rows:
+        existing = existing.filter(pa.array([fid not in redone for fid in existing.column("frame_id").to_pylist()]))
+    write_table_atomic(pa.concat_tables([existing, new]), path, schema)

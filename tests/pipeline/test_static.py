@@ -1,0 +1,90 @@
+"""Astrometry over the calibrated cubes of a simulated night, against the simulator's truth."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from mstlake.config import ReferenceCatalogueConfig
+from mstlake.lake.refcat import ReferenceCatalogueError, load_reference
+from mstlake.lake.tables import read_table
+from mstlake.paths import LakePaths
+from mstlake.schemas import load_schema
+from tests.conftest import read_truth_frames
+
+
+def test_every_frame_is_solved_and_its_wcs_puts_stars_where_they_are(solved_lake):
+    paths, lake, _, result = solved_lake
+    table = read_table(lake.astrometry_table, load_schema("astrometry")).to_pandas()
+    frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
+    truth = read_truth_frames(paths)
+    assert len(table) > 0 and (table.status == "solved").all(), result.failed
+    import pyarrow.parquet as pq
+
+    stars = pq.read_table(paths.stars).to_pandas().set_index("star_id")
+    for row in table.itertuples():
+        path = frames.loc[row.frame_id, "path"]
+        (match,) = [t for t in truth.itertuples() if path.endswith(t.file)]
+        stem = match.stem
+        wcs = WCS(fits.Header.fromstring(row.wcs_header))
+        assert row.mirrored == bool(match.mirrored)
+        on_frame = pq.read_table(paths.frame_stars(stem)).to_pandas()
+        on_frame = on_frame[on_frame.mag < 17]
+        x, y = wcs.all_world2pix(stars.loc[on_frame.star_id, "ra"].values, stars.loc[on_frame.star_id, "dec"].values, 0)
+        error = np.hypot(x - on_frame.x.values, y - on_frame.y.values)
+        # pixels; these 1/16-scale frames hold ~100 matched stars, so the 4th-order fit is loose
+        assert np.median(error) < 0.15 and np.sqrt(np.mean(error**2)) < 0.25, stem
+
+
+def test_the_reference_catalogue_is_cached_and_a_missing_file_is_a_clear_error(solved_lake, tmp_path):
+    paths, lake, field, _ = solved_lake
+    assert lake.reference_catalogue("f02").exists()
+    broken = dataclasses.replace(field, reference=ReferenceCatalogueConfig(path="nowhere/library.parquet"))
+    with pytest.raises(ReferenceCatalogueError, match="does not exist"):
+        load_reference(broken, LakePaths(tmp_path / "lake"), base=tmp_path)
+    renamed = dataclasses.replace(field, reference=ReferenceCatalogueConfig(path=str(paths.standard_library), columns={"ra": "RA_ICRS"}))
+    with pytest.raises(ReferenceCatalogueError, match="RA_ICRS"):
+        load_reference(renamed, LakePaths(tmp_path / "lake2"), base=tmp_path)
+
+
+def test_photometry_is_flux_calibrated_against_truth(solved_lake):
+    paths, lake, _, result = solved_lake
+    import pyarrow.parquet as pq
+
+    photometry = read_table(lake.photometry_table, load_schema("photometry")).to_pandas()
+    assert len(photometry) == result.solved and result.calibrated >= 0.9 * result.solved, result.uncalibrated
+    frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
+    truth = read_truth_frames(paths).query("kind == 'science'").set_index("stem")
+    library = pq.read_table(paths.standard_library).to_pandas()
+    stars = pq.read_table(paths.stars).to_pandas()
+    star_of = dict(zip(stars.library_source_id, stars.star_id, strict=True))
+    constant = set(stars.star_id[stars.variable_type == "constant"])
+    calibrated = photometry[photometry.status == "calibrated"]
+    for row in calibrated.itertuples():
+        assert row.n_calibrators >= 10 and 0 < row.transparency <= 1
+        stem = Path(frames.loc[row.frame_id, "path"]).name.split(".fit")[0]
+        assert row.cloudy == bool(truth.loc[stem, "cloudy"]), stem  # flagged exactly when clouds were simulated
+        forced = pq.read_table(lake.forced_file("f02", row.band, row.night), filters=[("frame_id", "=", row.frame_id)]).to_pandas()
+        forced["star_id"] = forced.source_id.map(star_of)
+        on_frame = pq.read_table(paths.frame_stars(stem)).to_pandas()
+        merged = forced.merge(on_frame[["star_id", "mag"]], on="star_id", suffixes=("", "_true"))
+        good = merged[(merged.flux / merged.flux_err > 50) & (merged.flag == 0) & merged.star_id.isin(constant)]
+        offset = np.median(good.mag - good.mag_true)
+        if not row.cloudy:
+            assert abs(offset) < 0.01, (stem, offset, len(good))  # per-frame zero point, ~10-40 standards at this scale
+    assert set(library.columns) >= {"source_id", "mag_g", "mag_g_error"}
+
+
+def test_sources_and_forced_files_open_in_duckdb_with_every_aperture(solved_lake):
+    _, lake, _, _ = solved_lake
+    import duckdb
+
+    sources = duckdb.sql(f"select count(*), min(len(flux_ap)), max(len(flux_ap)), count(mag_psf) from '{lake.tables_dir}/sources/*/*/*.parquet'").fetchall()[0]
+    assert sources[0] > 100 and sources[1] == sources[2] == 25 and sources[3] > 0.9 * sources[0]
+    negative = duckdb.sql(f"select count(*) filter (where flux < 0), count(*) filter (where mag is null) from '{lake.tables_dir}/forced_photometry/*/*/*.parquet'").fetchall()[0]
+    assert negative[0] > 0 and negative[1] >= negative[0]  # non-detections keep their (negative) flux, without a magnitude
