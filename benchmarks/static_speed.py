@@ -49,7 +49,7 @@ def run_sextractor(image: np.ndarray, variance: np.ndarray, workdir: Path) -> tu
         "source-extractor", str(workdir / "image.fits"), "-c", str(share / "default.sex"), "-PARAMETERS_NAME", str(workdir / "params"),
         "-FILTER_NAME", str(share / "default.conv"), "-STARNNW_NAME", str(share / "default.nnw"), "-CATALOG_NAME", str(workdir / "catalogue.fits"), "-CATALOG_TYPE", "FITS_LDAC",
         "-WEIGHT_TYPE", "MAP_VAR", "-WEIGHT_IMAGE", str(workdir / "variance.fits"), "-DETECT_THRESH", "3.0", "-ANALYSIS_THRESH", "3.0", "-DETECT_MINAREA", "5",
-        "-PHOT_APERTURES", ",".join(str(int(d)) for d in ap.DIAMETERS_PX), "-DEBLEND_NTHRESH", "32", "-DEBLEND_MINCONT", "0.005", "-VERBOSE_TYPE", "QUIET", "-NTHREADS", "2",
+        "-PHOT_APERTURES", ",".join(str(int(d)) for d in ap.DIAMETERS_PX), "-DEBLEND_NTHRESH", "32", "-DEBLEND_MINCONT", "0.005", "-VERBOSE_TYPE", "QUIET",
         "-CHECKIMAGE_TYPE", "NONE",
     ]
     started = time.perf_counter()
@@ -130,7 +130,7 @@ def main() -> None:
     out = {
         "frame_shape": [ny, nx], "detections": len(src), "forced_stars": len(phot.forced), "psf_stars": phot.psf_stars, "psf_degree": phot.psf.degree, "psf_oversampling": phot.psf.oversampling,
         "seconds_per_step": {k: round(v, 2) for k, v in steps.items()}, "seconds_total": round(total, 1),
-        "sextractor": {"seconds": round(sex_seconds, 1), "sources": sex_found, "threads": 2},
+        "sextractor": {"seconds": round(sex_seconds, 1), "sources": sex_found, "threads": 1},
         "our_extraction_plus_25_apertures_seconds": round(steps["extraction"] + aperture_only, 1),
         "ratio_ours_to_sextractor": round((steps["extraction"] + aperture_only) / sex_seconds, 2),
         "zero_point": {"calibrators": phot.zero_point.n_calibrators if phot.zero_point else 0, "rms_mmag": round(1000 * phot.zero_point.rms, 1) if phot.zero_point else None,

@@ -52,41 +52,56 @@ class EffectivePSF:
         """The fine-grid model at one detector position."""
         return np.tensordot(poly_terms([x], [y], self.centre, self.scale, self.degree)[0], self.basis, axes=1)
 
-    def phase_stamps(self, half: int) -> PhaseStamps:
-        return PhaseStamps.from_psf(self, half)
+    def phase_stamps(self, half: int, *, derivatives: bool = True) -> PhaseStamps:
+        return PhaseStamps.from_psf(self, half, derivatives=derivatives)
+
+
+CELL_PX = 600  # the spatially varying model is tabulated per detector cell of about this size
 
 
 @dataclass(frozen=True)
 class PhaseStamps:
-    """The model on native pixels (offsets -half..half) at (PHASES + 1)^2 sub-pixel phases, for
-    each polynomial term: values and x/y derivatives with respect to the star's position."""
+    """The model on native pixels (offsets -half..half) at (PHASES + 1)^2 sub-pixel phases, per
+    detector cell (the polynomial variation evaluated at the cell's centre: across 600 px the
+    FWHM changes by ~1%, which moves a PSF flux by ~1e-4): values and, when asked, the x/y
+    derivatives with respect to the star's position (float32)."""
 
-    values: np.ndarray  # (K, P + 1, P + 1, s, s), s = 2 * half + 1; [k, phase_y, phase_x, dy, dx]
-    d_dx: np.ndarray
-    d_dy: np.ndarray
+    values: np.ndarray  # (cells, P + 1, P + 1, s, s), s = 2 * half + 1; [cell, phase_y, phase_x, dy, dx]
+    d_dx: np.ndarray | None
+    d_dy: np.ndarray | None
     psf: EffectivePSF
     half: int
+    cells: tuple[int, int]  # (rows, columns) of cells over the detector
 
     @classmethod
-    def from_psf(cls, psf: EffectivePSF, half: int) -> PhaseStamps:
+    def from_psf(cls, psf: EffectivePSF, half: int, *, derivatives: bool = True) -> PhaseStamps:
         half = min(half, psf.half)
         offsets = np.arange(-half, half + 1, dtype=float)
         phases = np.linspace(-0.5, 0.5, PHASES + 1)
         # node coordinate of pixel offset (o - phase): star at phase, pixel at o
         coords = (offsets[None, :] - phases[:, None]) * psf.oversampling + psf.half * psf.oversampling  # (P+1, s)
         size = offsets.size
-        values = np.empty((psf.basis.shape[0], PHASES + 1, PHASES + 1, size, size))
-        d_dx, d_dy = np.empty_like(values), np.empty_like(values)
         cy = np.broadcast_to(coords[:, None, :, None], (PHASES + 1, PHASES + 1, size, size))
         cx = np.broadcast_to(coords[None, :, None, :], (PHASES + 1, PHASES + 1, size, size))
-        for k, grid in enumerate(psf.basis):
-            spline = ndimage.spline_filter(grid, order=3, mode="constant")
-            values[k] = ndimage.map_coordinates(spline, [cy, cx], order=3, prefilter=False, mode="constant")
+        nx, ny = 2 * psf.centre[0] + 1, 2 * psf.centre[1] + 1
+        cells = (1, 1) if psf.degree == 0 else (max(1, round(ny / CELL_PX)), max(1, round(nx / CELL_PX)))
+        cell_y = (np.arange(cells[0]) + 0.5) * ny / cells[0] - 0.5
+        cell_x = (np.arange(cells[1]) + 0.5) * nx / cells[1] - 0.5
+        gx_, gy_ = np.meshgrid(cell_x, cell_y)
+        weights = poly_terms(gx_.ravel(), gy_.ravel(), psf.centre, psf.scale, psf.degree)  # (cells, K)
+
+        def tabulate(grids) -> np.ndarray:
+            per_term = np.stack([ndimage.map_coordinates(ndimage.spline_filter(g, order=3, mode="constant"), [cy, cx], order=3, prefilter=False, mode="constant") for g in grids])
+            return np.tensordot(weights, per_term, axes=1).astype(np.float32)
+
+        values = tabulate(psf.basis)
+        d_dx = d_dy = None
+        if derivatives:
             # derivatives with respect to the star position: minus the gradient in offset
-            gy, gx = np.gradient(grid, 1.0 / psf.oversampling)
-            d_dx[k] = -ndimage.map_coordinates(ndimage.spline_filter(gx, order=3, mode="constant"), [cy, cx], order=3, prefilter=False, mode="constant")
-            d_dy[k] = -ndimage.map_coordinates(ndimage.spline_filter(gy, order=3, mode="constant"), [cy, cx], order=3, prefilter=False, mode="constant")
-        return cls(values, d_dx, d_dy, psf, half)
+            gradients = [np.gradient(g, 1.0 / psf.oversampling) for g in psf.basis]
+            d_dx = -tabulate([g[1] for g in gradients])
+            d_dy = -tabulate([g[0] for g in gradients])
+        return cls(values, d_dx, d_dy, psf, half, cells)
 
     def evaluate(self, x, y, *, derivatives: bool = False):
         """Stamps for stars at (x, y): pixel rows/columns (n, s) and values (n, s, s) (and their
@@ -96,20 +111,21 @@ class PhaseStamps:
         tx = np.clip((x - ix + 0.5) * PHASES, 0, PHASES)
         ty = np.clip((y - iy + 0.5) * PHASES, 0, PHASES)
         jx, jy = np.minimum(tx.astype(int), PHASES - 1), np.minimum(ty.astype(int), PHASES - 1)
-        wx, wy = tx - jx, ty - jy
-        terms = poly_terms(x, y, self.psf.centre, self.psf.scale, self.psf.degree)  # (n, K)
+        wx, wy = (tx - jx).astype(np.float32)[:, None, None], (ty - jy).astype(np.float32)[:, None, None]
+        nx, ny = 2 * self.psf.centre[0] + 1, 2 * self.psf.centre[1] + 1
+        cell = (np.clip((y + 0.5) * self.cells[0] // ny, 0, self.cells[0] - 1).astype(int) * self.cells[1]
+                + np.clip((x + 0.5) * self.cells[1] // nx, 0, self.cells[1] - 1).astype(int))
 
         def blend(table):
-            out = np.zeros((x.size, table.shape[-2], table.shape[-1]))
-            for k in range(table.shape[0]):
-                part = (table[k, jy, jx] * ((1 - wy) * (1 - wx))[:, None, None] + table[k, jy, jx + 1] * ((1 - wy) * wx)[:, None, None]
-                        + table[k, jy + 1, jx] * (wy * (1 - wx))[:, None, None] + table[k, jy + 1, jx + 1] * (wy * wx)[:, None, None])
-                out += terms[:, k, None, None] * part
-            return out
+            top = table[cell, jy, jx] + wx * (table[cell, jy, jx + 1] - table[cell, jy, jx])
+            bottom = table[cell, jy + 1, jx] + wx * (table[cell, jy + 1, jx + 1] - table[cell, jy + 1, jx])
+            return top + wy * (bottom - top)
 
         rows = iy[:, None] + np.arange(-self.half, self.half + 1)
         cols = ix[:, None] + np.arange(-self.half, self.half + 1)
         if derivatives:
+            if self.d_dx is None:
+                raise ValueError("these phase stamps were made without derivatives")
             return rows, cols, blend(self.values), blend(self.d_dx), blend(self.d_dy)
         return rows, cols, blend(self.values)
 
@@ -122,12 +138,19 @@ def _gather(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.n
     return image.reshape(-1)[flat], inside
 
 
-def _scatter(shape, rows, cols, values) -> np.ndarray:
-    """Sum of the stamps ``values`` (n, s, s) placed at (rows x cols) into an image."""
-    ny, nx = shape
+def _scatter_into(image: np.ndarray, rows, cols, values) -> None:
+    """Add the stamps ``values`` (n, s, s) placed at (rows x cols) to ``image`` in place; stars
+    sorted by row keep the touched range (and the bincount) small."""
+    ny, nx = image.shape
     inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
-    flat = rows[:, :, None] * nx + cols[:, None, :]
-    return np.bincount(flat[inside], weights=values[inside], minlength=ny * nx).reshape(shape)
+    flat = (rows[:, :, None] * nx + cols[:, None, :])[inside]
+    if flat.size == 0:
+        return
+    low, high = int(flat.min()), int(flat.max())
+    if high - low > 16 * flat.size:  # few stars spread wide: a dense bincount would sweep the image
+        np.add.at(image.reshape(-1), flat, values[inside])
+    else:
+        image.reshape(-1)[low : high + 1] += np.bincount(flat - low, weights=values[inside], minlength=high - low + 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,7 +320,7 @@ class PsfFit:
     flag: np.ndarray  # PSF_* bits
 
 
-def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, psf: EffectivePSF, x, y, flux, *, fit_position, gain: float | None = None, iterations: int = 3, fit_half: int | None = None, stamps: PhaseStamps | None = None, subtract_half: int | None = None, max_chi2: float = 5.0) -> PsfFit:
+def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, psf: EffectivePSF, x, y, flux, *, fit_position, gain: float | None = None, iterations: int = 3, fit_half: int | None = None, subtract_half: int | None = None, max_chi2: float = 5.0) -> PsfFit:
     """Fit the PSF to every star at once, each with all the others subtracted.
 
     ``residual`` is the background-subtracted image, ``background_variance`` its noise without the
@@ -306,42 +329,55 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
     e-/ADU): weights from the data's own noise would bias faint fluxes low and let bright stars'
     noise decide their weights. ``fit_position`` (bool per star) chooses Gauss-Newton (flux, x, y)
     or a linear flux fit at the given position (flux then may be negative)."""
-    x, y = np.asarray(x, float).copy(), np.asarray(y, float).copy()
-    flux = np.nan_to_num(np.asarray(flux, float), nan=0.0).copy()
-    fit_position = np.broadcast_to(np.asarray(fit_position, bool), x.shape)
+    n = np.size(x)
+    order = np.argsort(np.asarray(y, float), kind="stable")  # row order: compact scatters
+    x, y = np.asarray(x, float)[order], np.asarray(y, float)[order]
+    flux = np.nan_to_num(np.asarray(flux, float), nan=0.0)[order]
+    fit_position = np.broadcast_to(np.asarray(fit_position, bool), (n,))[order]
     fit_half = int(fit_half if fit_half is not None else max(2, int(np.ceil(1.5 * psf.fwhm))))
     subtract_half = int(subtract_half if subtract_half is not None else psf.half)
-    small = stamps if stamps is not None and stamps.half == fit_half else psf.phase_stamps(fit_half)
-    big = psf.phase_stamps(subtract_half) if subtract_half > fit_half else small
-    source_variance = background_variance
+    moving_any = bool(fit_position.any()) and iterations > 1
+    small = psf.phase_stamps(fit_half, derivatives=moving_any)
+    big = psf.phase_stamps(subtract_half, derivatives=False) if subtract_half > fit_half else None
     shape = residual.shape
-    n = x.size
-    error = np.full(n, np.nan)
-    chi2 = np.full(n, np.nan)
-    npix = np.zeros(n, int)
-    flag = np.zeros(n, np.int32)
+    error, chi2 = np.full(n, np.nan), np.full(n, np.nan)
+    npix, flag = np.zeros(n, int), np.zeros(n, np.int32)
     start_x, start_y = x.copy(), y.copy()
+    chunks = _chunks(n, 20_000)
+    stamps = [small.evaluate(x[c], y[c], derivatives=moving_any) for c in chunks]  # fixed stars keep theirs
+    wing_limit = _wing_limit(psf, small.half, background_variance) if big is not None else np.inf
+    model = np.zeros(shape)  # reused: a full-frame allocation per iteration costs more than the fits
     for iteration in range(iterations):
-        model = _render(shape, big, small, x, y, flux, background_variance)
-        remaining = residual - model
-        for chunk in _chunks(n, 20_000):
-            rows, cols, p, px, py = small.evaluate(x[chunk], y[chunk], derivatives=True)
-            data, inside = _gather(remaining, rows, cols)
-            data = data + flux[chunk, None, None] * p  # this star back in
+        model.fill(0.0)
+        wide = np.abs(flux) > wing_limit
+        for c, stamp in zip(chunks, stamps, strict=True):
+            narrow = ~wide[c]
+            _scatter_into(model, stamp[0][narrow], stamp[1][narrow], flux[c][narrow, None, None] * stamp[2][narrow])
+        if wide.any():
+            index = np.flatnonzero(wide)
+            for part in _chunks(index.size, 2_000):
+                rows, cols, p = big.evaluate(x[index[part]], y[index[part]])
+                _scatter_into(model, rows, cols, flux[index[part], None, None] * p)
+        last = iteration == iterations - 1
+        for k, c in enumerate(chunks):
+            rows, cols, p = stamps[k][:3]
+            data, inside = _gather(residual, rows, cols)
+            others, _ = _gather(model, rows, cols)
+            data = data - others + flux[c, None, None] * p  # every other star out, this one back in
             masked, _ = _gather(hidden, rows, cols)
-            var, _ = _gather(source_variance, rows, cols)
+            var, _ = _gather(background_variance, rows, cols)
             usable = inside & ~masked.astype(bool) & (var > 0)
             if gain is not None:
-                var = var + np.maximum(flux[chunk, None, None] * p, 0) / gain
+                var = var + np.maximum(flux[c, None, None] * p, 0) / gain
             w = np.where(usable, 1.0 / np.where(var > 0, var, 1.0), 0.0)
-            f = flux[chunk]
-            moving = fit_position[chunk]
+            f = flux[c]
+            moving = fit_position[c]
             # linear flux fit (every star); Gauss-Newton step in position where asked
             spp = np.einsum("nij,nij->n", w * p, p)
             spd = np.einsum("nij,nij->n", w * p, data)
             new_flux = np.where(spp > 0, spd / np.where(spp > 0, spp, 1.0), np.nan)
-            new_x, new_y = x[chunk].copy(), y[chunk].copy()
-            if moving.any() and iteration < iterations - 1:
+            if moving.any() and not last:
+                px, py = stamps[k][3], stamps[k][4]
                 m = np.flatnonzero(moving)
                 design = np.stack([p[m], f[m, None, None] * px[m], f[m, None, None] * py[m]], axis=-1)  # (m, s, s, 3)
                 wm = w[m][..., None]
@@ -352,63 +388,61 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
                 step[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
                 step[:, 1:] = np.clip(step[:, 1:], -0.5, 0.5)
                 new_flux[m[ok]] = f[m[ok]] + step[ok, 0]
-                new_x[m] += step[:, 1]
-                new_y[m] += step[:, 2]
-            resid = data - new_flux[:, None, None] * p
-            dof = usable.sum(axis=(1, 2)) - np.where(moving, 3, 1)
-            chi2[chunk] = np.einsum("nij,nij->n", w * resid, resid) / np.maximum(dof, 1)
-            error[chunk] = np.where(spp > 0, 1.0 / np.sqrt(np.where(spp > 0, spp, 1.0)), np.nan)
-            npix[chunk] = usable.sum(axis=(1, 2))
-            flux[chunk] = np.nan_to_num(new_flux, nan=0.0)
-            x[chunk], y[chunk] = new_x, new_y
-            if iteration == iterations - 1:
-                central = (np.abs(np.arange(-fit_half, fit_half + 1)) <= 1)
+                x[c][m] += step[:, 1]
+                y[c][m] += step[:, 2]
+                moved = small.evaluate(x[c][m], y[c][m], derivatives=True)
+                for held, fresh in zip(stamps[k], moved, strict=True):
+                    held[m] = fresh
+            if last:
+                resid = data - new_flux[:, None, None] * p
+                npix[c] = usable.sum(axis=(1, 2))
+                chi2[c] = np.einsum("nij,nij->n", w * resid, resid) / np.maximum(npix[c] - np.where(moving, 3, 1), 1)
+                error[c] = np.where(spp > 0, 1.0 / np.sqrt(np.where(spp > 0, spp, 1.0)), np.nan)
+                central = np.abs(np.arange(-fit_half, fit_half + 1)) <= 1
                 core = central[:, None] & central[None, :]
-                flag[chunk] = (np.where((masked.astype(bool) & core).any(axis=(1, 2)), PSF_MASKED, 0) | np.where((~inside).any(axis=(1, 2)), PSF_EDGE, 0)
-                               | np.where(npix[chunk] == 0, PSF_NOT_CONVERGED, 0))
-    moved = np.hypot(x - start_x, y - start_y) > 1.0
-    flag |= np.where(moved, PSF_NOT_CONVERGED, 0).astype(np.int32)
+                flag[c] = (np.where((masked.astype(bool) & core).any(axis=(1, 2)), PSF_MASKED, 0) | np.where((~inside).any(axis=(1, 2)), PSF_EDGE, 0)
+                           | np.where(npix[c] == 0, PSF_NOT_CONVERGED, 0))
+            flux[c] = np.nan_to_num(new_flux, nan=0.0)
+    flag |= np.where(np.hypot(x - start_x, y - start_y) > 1.0, PSF_NOT_CONVERGED, 0).astype(np.int32)
     flag |= np.where(chi2 > max_chi2, PSF_POOR_FIT, 0).astype(np.int32)
     flux = np.where(npix > 0, flux, np.nan)
-    return PsfFit(x, y, flux, error, chi2, npix, flag)
+    back = np.empty(n, int)
+    back[order] = np.arange(n)
+    return PsfFit(x[back], y[back], flux[back], error[back], chi2[back], npix[back], flag[back])
 
 
 def _chunks(n: int, size: int):
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _render(shape, big: PhaseStamps, small: PhaseStamps, x, y, flux, variance) -> np.ndarray:
-    """The model image of all stars: bright stars with the wide stamps (their wings matter), the
-    rest with the fit stamps."""
-    model = np.zeros(shape)
-    if x.size == 0:
-        return model
-    wide = np.zeros(x.size, bool)
-    if big is not small:
-        # a star's wing at the fit stamp's edge worth a tenth of the typical pixel noise
-        edge = big.psf.grid_at(*big.psf.centre)
-        m = big.psf.half * big.psf.oversampling
-        edge_value = edge[m, m + small.half * big.psf.oversampling]
-        typical_sigma = float(np.sqrt(np.median(variance[:: max(1, shape[0] // 64), :: max(1, shape[1] // 64)])))
-        wide = flux * max(edge_value, 1e-6) > 0.1 * typical_sigma
-    for stamps, chosen in ((big, wide), (small, ~wide)):
-        index = np.flatnonzero(chosen)
-        for chunk in _chunks(index.size, 20_000 if stamps is small else 2_000):
-            idx = index[chunk]
-            rows, cols, p = stamps.evaluate(x[idx], y[idx])
-            model += _scatter(shape, rows, cols, flux[idx, None, None] * p)
-    return model
+def _wing_limit(psf: EffectivePSF, fit_half: int, variance: np.ndarray) -> float:
+    """The flux above which a star's wing beyond the fit stamp is worth a tenth of the typical
+    pixel noise: such stars are subtracted with the model's full extent."""
+    grid = psf.grid_at(*psf.centre)
+    m = psf.half * psf.oversampling
+    edge_value = max(float(grid[m, m + fit_half * psf.oversampling]), 1e-6)
+    ny, nx = variance.shape
+    typical_sigma = float(np.sqrt(np.median(variance[:: max(1, ny // 64), :: max(1, nx // 64)])))
+    return 0.1 * typical_sigma / edge_value
+
+
+def model_image(shape, psf: EffectivePSF, x, y, flux) -> np.ndarray:
+    """All the stars' PSF models, over the model's full extent, in one image."""
+    x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
+    chosen = np.flatnonzero(np.isfinite(flux) & (flux != 0))
+    chosen = chosen[np.argsort(y[chosen], kind="stable")]
+    stamps = psf.phase_stamps(psf.half, derivatives=False)
+    out = np.zeros(shape)
+    for part in _chunks(chosen.size, 2_000):
+        idx = chosen[part]
+        rows, cols, p = stamps.evaluate(x[idx], y[idx])
+        _scatter_into(out, rows, cols, flux[idx, None, None] * p)
+    return out
 
 
 def subtract_stars(residual: np.ndarray, psf: EffectivePSF, x, y, flux, *, keep=None) -> np.ndarray:
     """The image with the PSF models of the stars removed, except those where ``keep`` is true."""
-    x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
-    chosen = np.isfinite(flux) if keep is None else np.isfinite(flux) & ~np.asarray(keep, bool)
-    stamps = psf.phase_stamps(psf.half)
-    out = residual.astype(float).copy()
-    index = np.flatnonzero(chosen)
-    for chunk in _chunks(index.size, 2_000):
-        idx = index[chunk]
-        rows, cols, p = stamps.evaluate(x[idx], y[idx])
-        out -= _scatter(residual.shape, rows, cols, flux[idx, None, None] * p)
-    return out
+    flux = np.asarray(flux, float)
+    if keep is not None:
+        flux = np.where(np.asarray(keep, bool), 0.0, flux)
+    return residual - model_image(residual.shape, psf, x, y, flux)
