@@ -27,11 +27,11 @@ from mstlake.calib import bias as calib_bias
 from mstlake.calib import flat as flat_kernels
 from mstlake.config import load_field, load_fields, load_instrument, load_pipeline, load_simulation
 from mstlake.lake import cubes
+from mstlake.lake.tables import read_table
 from mstlake.paths import LakePaths, SimulationPaths
 from mstlake.pipeline import calibrate as cal
 from mstlake.pipeline.inventory import run_inventory
 from mstlake.pipeline.simulate import SimulationRequest, simulate
-from mstlake.lake.tables import read_table
 from mstlake.schemas import load_schema
 
 

@@ -15,8 +15,9 @@ aperture correction, zero-point surface). Scored:
 * light curves: the scatter of constant stars' calibrated forced magnitudes over the frames,
   against the simulation's own noise per measurement (Cramer-Rao bound of a PSF fit at a known
   position: photon noise of star and sky, read noise, through the frame's true Moffat PSF; plus the
-  frame's scintillation), per 1-mag bin; and the floor that must be added in quadrature to the
-  theory to explain the bright bins;
+  frame's scintillation; star and sky dimmed by the true vignetting at the star), per 1-mag bin;
+  and the excess that must be added in quadrature to the theory; the same again with each frame's
+  zero-point error (known from truth) removed, to tell calibration from measurement;
 * aperture correction: its residual rms per frame.
 """
 
@@ -31,15 +32,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from scipy.spatial import cKDTree
+from astropy.io import fits
+from truth_matching import sky_residuals_mas
 
-from mstlake.astrom import extract, solve
 from mstlake.astrom import frame as frame_kernel
+from mstlake.astrom import solve
 from mstlake.config import load_instrument, load_pipeline
 from mstlake.lake import cubes
 from mstlake.paths import LakePaths, SimulationPaths
 from mstlake.phot.frame import photometer_frame
-
 
 MIN_EPOCHS = 10  # measurements of a star for its light-curve scatter
 
@@ -51,14 +52,15 @@ def crlb_sigma_e(flux_e, fwhm_px, beta, sky_e, read_noise_e) -> np.ndarray:
     out = np.empty(np.size(flux_e))
     grid = np.arange(-15, 16)
     sub = (np.arange(4) + 0.5) / 4 - 0.5
-    for i, (f, w) in enumerate(zip(np.atleast_1d(flux_e), np.atleast_1d(fwhm_px), strict=True)):
+    sky = np.broadcast_to(np.asarray(sky_e, float), np.shape(np.atleast_1d(flux_e)))
+    for i, (f, w, background) in enumerate(zip(np.atleast_1d(flux_e), np.atleast_1d(fwhm_px), sky, strict=True)):
         alpha = w / (2 * np.sqrt(2 ** (1 / beta) - 1))
         info = 0.0
         for phase in ((0.0, 0.0), (0.5, 0.5), (0.25, 0.0)):
             dx = grid[None, :, None, None] + sub[None, None, None, :] - phase[0]
             dy = grid[:, None, None, None] + sub[None, None, :, None] - phase[1]
             p = ((1 + (dx**2 + dy**2) / alpha**2) ** -beta).mean(axis=(2, 3)) * (beta - 1) / (np.pi * alpha**2)
-            info += np.sum(p**2 / (sky_e + f * p + read_noise_e**2)) / 3
+            info += np.sum(p**2 / (background + f * p + read_noise_e**2)) / 3
         out[i] = 1 / np.sqrt(info)
     return out
 
@@ -91,8 +93,8 @@ def main() -> None:
     constant = set(stars.star_id[stars.variable_type == "constant"])
     stars = stars.set_index("star_id")
     det = instrument.detector
-    mas_per_px = det.pixel_scale_arcsec * 1000
     astrometric, apcorr_rms, apcorr_truth, seconds, failures, measurements = [], [], [], [], [], []
+    vignetting: dict[str, np.ndarray] = {}
     for *_, cube in lake.field_cubes():
         ds = cubes.open_store(cube)
         for i, frame_id in enumerate(ds.frame_id.values[: args.frames]):
@@ -110,17 +112,7 @@ def main() -> None:
             seconds.append(time.perf_counter() - started)
             truth = pq.read_table(sim.frame_stars(stem)).to_pandas()
             tf = truth_frames.loc[stem]
-            # astrometry: brightest true star within 1.5 px of each detection
-            src = phot.sources
-            distance, nearest = cKDTree(np.column_stack([truth.x, truth.y])).query(np.column_stack([src.x_psf, src.y_psf]), k=8, distance_upper_bound=1.5)
-            flux_near = np.where(np.isfinite(distance), truth.flux_e.values[np.minimum(nearest, len(truth) - 1)], -1.0)
-            pick = np.argmax(flux_near, axis=1)
-            matched = flux_near[np.arange(len(src)), pick] > 0
-            t = truth.iloc[nearest[np.arange(len(src)), pick][matched]]
-            s = src[matched]
-            bright = (s.snr.values > 100) & ((s.flag.values & ~extract.NEIGHBOUR) == 0) & (s.flag_psf.values == 0)
-            true_ra, true_dec = stars.loc[t.star_id.values[bright], "ra"].values, stars.loc[t.star_id.values[bright], "dec"].values
-            astrometric.append(np.column_stack([(s.ra.values[bright] - true_ra) * np.cos(np.radians(true_dec)) * 3.6e6, (s.dec.values[bright] - true_dec) * 3.6e6]))
+            astrometric.append(sky_residuals_mas(phot.sources, truth, stars))
             # forced photometry of library stars against truth
             forced = phot.forced.assign(source_id=library.source_id.values[phot.forced.reference_index.values])
             forced["star_id"] = forced.source_id.map(star_of_source)
@@ -128,7 +120,11 @@ def main() -> None:
             forced["constant"] = forced.star_id.isin(constant)
             forced["snr"] = forced.flux / forced.flux_err
             forced["frame"] = stem
-            forced["theory_e"] = crlb_sigma_e(forced.flux_e.values, forced.fwhm_px.values, float(tf.psf_beta), float(tf.sky_e_per_pix), det.read_noise_e)
+            # the optics' vignetting dims star and sky alike before they reach the detector
+            if row.telescope not in vignetting:
+                vignetting[row.telescope] = fits.getdata(sim.static_map(row.telescope, "vignetting")).astype(float)
+            shade = vignetting[row.telescope][np.clip(np.rint(forced.y.values).astype(int), 0, image.shape[0] - 1), np.clip(np.rint(forced.x.values).astype(int), 0, image.shape[1] - 1)]
+            forced["theory_e"] = crlb_sigma_e(forced.flux_e.values * shade, forced.fwhm_px.values, float(tf.psf_beta), float(tf.sky_e_per_pix) * shade, det.read_noise_e) / shade
             forced["scintillation"] = float(tf.scintillation_sigma)
             forced["zero_point_ok"] = phot.zero_point is not None
             forced["flagged_cloudy"] = phot.cloudy
@@ -147,7 +143,7 @@ def main() -> None:
             measurements.append(forced)
             apcorr = phot.aperture_correction.rms * 1000 if phot.aperture_correction is not None else float("nan")
             apcorr_rms.append(apcorr)
-            print(f"{stem}: {len(src)} sources, psf degree {phot.psf.degree}, zp n={phot.zero_point.n_calibrators if phot.zero_point else 0} rms={1000 * phot.zero_point.rms if phot.zero_point else float('nan'):.1f} mmag, apcorr {apcorr:.1f} mmag, ref ap {phot.reference_aperture}, {seconds[-1]:.1f} s", flush=True)
+            print(f"{stem}: {len(phot.sources)} sources, psf degree {phot.psf.degree}, zp n={phot.zero_point.n_calibrators if phot.zero_point else 0} rms={1000 * phot.zero_point.rms if phot.zero_point else float('nan'):.1f} mmag, apcorr {apcorr:.1f} mmag, ref ap {phot.reference_aperture}, {seconds[-1]:.1f} s", flush=True)
     table = pd.concat(measurements, ignore_index=True)
     extra = {"aperture_correction_error_vs_truth_mmag": {"frames": len(apcorr_truth), "median": round(float(np.median(apcorr_truth)), 2) if apcorr_truth else None, "p90": round(float(np.percentile(apcorr_truth, 90)), 2) if apcorr_truth else None},
              "frames_measured": len(seconds), "failures": failures[:10], "seconds_per_frame": round(float(np.mean(seconds)), 2), "frame_shape": list(image.shape)}
@@ -158,12 +154,9 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
-def summarise(table: pd.DataFrame, astrometric: np.ndarray, apcorr_rms: list[float]) -> dict:
-    frames = table.groupby("frame")[["flagged_cloudy", "truly_cloudy"]].first()
-    cloud_flags = {"frames": len(frames), "flagged_cloudy": int(frames.flagged_cloudy.sum()), "truly_cloudy": int(frames.truly_cloudy.sum()),
-                   "flagged_and_truly": int((frames.flagged_cloudy & frames.truly_cloudy).sum())}
-    table = table[table.zero_point_ok & ~table.flagged_cloudy & table.constant & (table.flag == 0) & np.isfinite(table.mag)]
-    table = table.assign(sigma_theory=1.0857 * np.hypot(table.theory_e / table.flux_e, table.scintillation))
+def _light_curve_bins(table: pd.DataFrame) -> list[dict]:
+    """Per 1-mag bin of true magnitude: the median light-curve scatter of constant stars against
+    their theoretical noise, and the excess that must be added in quadrature."""
     curves = []
     for star_id, group in table.groupby("star_id"):
         if len(group) < MIN_EPOCHS:
@@ -185,6 +178,19 @@ def summarise(table: pd.DataFrame, astrometric: np.ndarray, apcorr_rms: list[flo
         floor = np.sqrt(max(np.median(b.scatter**2) - np.median(b.theory**2), 0.0))
         bins.append({"mag": f"{lo:.0f}-{lo + 1:.0f}", "stars": len(b), "scatter_mmag": round(1000 * float(np.median(b.scatter)), 2), "theory_mmag": round(1000 * float(np.median(b.theory)), 2),
                      "ratio": round(float(np.median(b.scatter / b.theory)), 3), "excess_in_quadrature_mmag": round(1000 * float(floor), 2)})
+    return bins
+
+
+def summarise(table: pd.DataFrame, astrometric: np.ndarray, apcorr_rms: list[float]) -> dict:
+    frames = table.groupby("frame")[["flagged_cloudy", "truly_cloudy"]].first()
+    cloud_flags = {"frames": len(frames), "flagged_cloudy": int(frames.flagged_cloudy.sum()), "truly_cloudy": int(frames.truly_cloudy.sum()),
+                   "flagged_and_truly": int((frames.flagged_cloudy & frames.truly_cloudy).sum())}
+    table = table[table.zero_point_ok & ~table.flagged_cloudy & table.constant & (table.flag == 0) & np.isfinite(table.mag)]
+    table = table.assign(sigma_theory=1.0857 * np.hypot(table.theory_e / table.flux_e, table.scintillation))
+    bins = _light_curve_bins(table)
+    # diagnosis: the same with each frame's zero-point error (known from truth) taken out
+    offsets = {frame: float(np.median(g.mag - g.mag_true)) for frame, g in table[table.snr > 50].groupby("frame")}
+    bins_true_zp = _light_curve_bins(table.assign(mag=table.mag - table.frame.map(offsets).fillna(0.0)))
     # per frame: calibrated minus true magnitude of the well-measured constant library stars
     zp = np.array([float(np.median(g.mag - g.mag_true)) for _, g in table[table.snr > 50].groupby("frame") if len(g) >= 5])
     apcorr_rms = [v for v in apcorr_rms if np.isfinite(v)]
@@ -192,7 +198,8 @@ def summarise(table: pd.DataFrame, astrometric: np.ndarray, apcorr_rms: list[flo
         "astrometry_snr_above_100": {"stars": len(astrometric), "rms_mas_per_axis": [round(float(np.sqrt(np.mean(astrometric[:, k] ** 2))), 1) for k in (0, 1)]},
         "zero_point_error_mmag_clear_frames": {"frames": len(zp), "calibrators_per_frame_median": float(table.groupby("frame").calibrators.first().median()), "rms_over_frames": round(1000 * float(np.sqrt(np.mean((zp - 0) ** 2))), 2), "rms_about_mean": round(1000 * float(np.std(zp)), 2), "mean": round(1000 * float(np.mean(zp)), 2)},
         "cloudy_frames": cloud_flags,
-        "light_curves": {"constant_stars": len(curves), "frames_used": int(table.frame.nunique()), "bins": bins},
+        "light_curves": {"frames_used": int(table.frame.nunique()), "bins": bins},
+        "light_curves_with_true_zero_points": {"bins": bins_true_zp},
         "aperture_correction_fit_residual_rms_mmag": {"frames": len(apcorr_rms), "median": round(float(np.median(apcorr_rms)), 2) if apcorr_rms else None, "max": round(float(np.max(apcorr_rms)), 2) if apcorr_rms else None},
     }
 

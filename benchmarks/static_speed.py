@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from astropy.io import fits
-from scipy.spatial import cKDTree
+from truth_matching import sky_residuals_mas
 
 from mstlake.astrom import extract, solve
 from mstlake.config import load_instrument, load_pipeline
@@ -116,26 +116,16 @@ def main() -> None:
     forced["star_id"] = forced.star_id.map(star_of)
     merged = forced.merge(truth[["star_id", "mag"]].rename(columns={"mag": "mag_true"}), on="star_id")
     good = merged[(merged.flux / merged.flux_err > 50) & (merged.flag == 0) & merged.star_id.isin(constant)]
-    src = phot.sources
-    distance, nearest = cKDTree(np.column_stack([truth.x, truth.y])).query(np.column_stack([src.x_psf, src.y_psf]), k=8, distance_upper_bound=1.5)
-    flux_near = np.where(np.isfinite(distance), truth.flux_e.values[np.minimum(nearest, len(truth) - 1)], -1.0)
-    pick = np.argmax(flux_near, axis=1)
-    matched = flux_near[np.arange(len(src)), pick] > 0
-    t = truth.iloc[nearest[np.arange(len(src)), pick][matched]]
-    s = src[matched]
-    bright = (s.snr.values > 100) & ((s.flag.values & ~extract.NEIGHBOUR) == 0) & (s.flag_psf.values == 0)
-    sky = stars.set_index("star_id").loc[t.star_id.values[bright]]
-    dra = (s.ra.values[bright] - sky.ra.values) * np.cos(np.radians(sky.dec.values)) * 3.6e6
-    ddec = (s.dec.values[bright] - sky.dec.values) * 3.6e6
+    residuals = sky_residuals_mas(phot.sources, truth, stars.set_index("star_id"))
     out = {
-        "frame_shape": [ny, nx], "detections": len(src), "forced_stars": len(phot.forced), "psf_stars": phot.psf_stars, "psf_degree": phot.psf.degree, "psf_oversampling": phot.psf.oversampling,
+        "frame_shape": [ny, nx], "detections": len(phot.sources), "forced_stars": len(phot.forced), "psf_stars": phot.psf_stars, "psf_degree": phot.psf.degree, "psf_oversampling": phot.psf.oversampling,
         "seconds_per_step": {k: round(v, 2) for k, v in steps.items()}, "seconds_total": round(total, 1),
         "sextractor": {"seconds": round(sex_seconds, 1), "sources": sex_found, "threads": 1},
         "our_extraction_plus_25_apertures_seconds": round(steps["extraction"] + aperture_only, 1),
         "ratio_ours_to_sextractor": round((steps["extraction"] + aperture_only) / sex_seconds, 2),
         "zero_point": {"calibrators": phot.zero_point.n_calibrators if phot.zero_point else 0, "rms_mmag": round(1000 * phot.zero_point.rms, 1) if phot.zero_point else None,
                        "error_vs_truth_mmag": round(1000 * float(np.median(good.mag - good.mag_true)), 2), "stars_compared": len(good)},
-        "astrometry_snr_above_100": {"stars": int(bright.sum()), "rms_mas_per_axis": [round(float(np.sqrt(np.mean(dra**2))), 1), round(float(np.sqrt(np.mean(ddec**2))), 1)]},
+        "astrometry_snr_above_100": {"stars": len(residuals), "rms_mas_per_axis": [round(float(np.sqrt(np.mean(residuals[:, k] ** 2))), 1) for k in (0, 1)]},
         "aperture_correction": {"best_px": ap.DIAMETERS_PX[phot.best_aperture] if phot.best_aperture is not None else None, "reference_px": ap.DIAMETERS_PX[phot.reference_aperture] if phot.reference_aperture is not None else None,
                                 "fit_rms_mmag": round(1000 * phot.aperture_correction.rms, 1) if phot.aperture_correction else None, "stars": phot.aperture_correction.n_used if phot.aperture_correction else 0},
         "cloudy_flag": phot.cloudy,

@@ -25,26 +25,28 @@ class Extraction:
     sources: pd.DataFrame
     background: np.ndarray  # float32 map
     background_rms: float
+    background_noise: np.ndarray  # float32 map of the background's rms (sigma-clipped, no sources)
 
 
 def extract_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *, thresh: float = 3.0, minarea: int = 5, deblend_nthresh: int = 32, deblend_cont: float = 0.005, ignore_bits: int = 4) -> Extraction:
     """Detect and measure the sources of a calibrated ``image`` (ADU) with its ``variance`` and
     uint8 ``mask``. Mask bits in ``ignore_bits`` (default: pepper-and-salt, whose variance already
     says how far to trust them) do not hide pixels. Columns: x, y (windowed, 0-based), x_iso, y_iso,
-    flux (isophotal), peak, npix, a, b, theta, fwhm, ellipticity, snr, flag."""
+    flux (in 2.5 isophotal semi-axes), peak, npix, a, b, theta, fwhm, ellipticity, snr, flag."""
     image = np.ascontiguousarray(image, dtype=np.float32)
     hidden = (np.asarray(mask) & ~np.uint8(ignore_bits)) > 0
     background = sep.Background(image, mask=hidden)
-    residual = image - background.back()
+    back = background.back()
+    residual = image - back
     variance = np.ascontiguousarray(variance, dtype=np.float32)
     sep.set_extract_pixstack(max(300_000, image.size // 4))  # sep allocates it whole: scale it to the frame
     sep.set_sub_object_limit(4096)
     objects = sep.extract(residual, thresh, var=variance, mask=hidden, minarea=minarea, deblend_nthresh=deblend_nthresh, deblend_cont=deblend_cont)
     if len(objects) == 0:
-        return Extraction(pd.DataFrame(columns=["x", "y", "x_iso", "y_iso", "flux", "peak", "npix", "a", "b", "theta", "fwhm", "ellipticity", "snr", "flag"]), background.back(), float(background.globalrms))
+        return Extraction(pd.DataFrame(columns=["x", "y", "x_iso", "y_iso", "flux", "peak", "npix", "a", "b", "theta", "fwhm", "ellipticity", "snr", "flag"]), back, float(background.globalrms), background.rms())
     x, y = objects["x"], objects["y"]
     # half-light radius within 6 isophotal semi-axes -> a Gaussian-equivalent width for the window
-    radius, _ = sep.flux_radius(residual, x, y, 6.0 * objects["a"], 0.5, subpix=5)
+    radius, _ = sep.flux_radius(residual, x, y, 6.0 * objects["a"], 0.5, subpix=1)
     sigma = np.clip(np.nan_to_num(radius, nan=1.0) * 2.0 / 2.3548, 0.5, 10.0)
     xw, yw, wflag = sep.winpos(residual, x, y, sigma, mask=hidden)
     flux_auto, fluxerr, _ = sep.sum_ellipse(residual, x, y, objects["a"], objects["b"], objects["theta"], 2.5, var=variance, subpix=1)
@@ -59,13 +61,13 @@ def extract_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *
     good_window = (wflag == 0) & np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x, yw - y) < 2.0)
     table = pd.DataFrame({
         "x": np.where(good_window, xw, x), "y": np.where(good_window, yw, y), "x_iso": x, "y_iso": y,
-        "flux": objects["flux"].astype(np.float64), "peak": objects["peak"], "npix": objects["npix"],
+        "flux": flux_auto.astype(np.float64), "peak": objects["peak"], "npix": objects["npix"],
         "a": objects["a"], "b": objects["b"], "theta": objects["theta"],
         "fwhm": fwhm, "ellipticity": 1.0 - objects["b"] / np.maximum(objects["a"], 1e-6),
         "snr": flux_auto / np.maximum(fluxerr, 1e-12),
         "flag": objects["flag"].astype(np.int32) | np.where(near_masked, MASKED, 0) | np.where(crowded, NEIGHBOUR, 0),
     })
-    return Extraction(table, background.back(), float(background.globalrms))
+    return Extraction(table, back, float(background.globalrms), background.rms())
 
 
 def _near(hidden: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> np.ndarray:

@@ -30,20 +30,75 @@ class ApertureFluxes:
     masked: np.ndarray  # bool (n_sources, n_apertures): a masked pixel inside the aperture
 
 
-def aperture_fluxes(residual: np.ndarray, variance: np.ndarray, x, y, *, mask: np.ndarray | None = None, diameters=DIAMETERS_PX) -> ApertureFluxes:
-    """Sums in circular apertures centred on (x, y) (0-based) of a background-subtracted image."""
+def aperture_fluxes(residual: np.ndarray, variance: np.ndarray, x, y, *, mask: np.ndarray | None = None, diameters=DIAMETERS_PX, exact_up_to_px: float = 20.0) -> ApertureFluxes:
+    """Sums in circular apertures centred on (x, y) (0-based) of a background-subtracted image.
+
+    Apertures up to ``exact_up_to_px`` in diameter: sep with 5x5 sub-pixels. Larger ones with
+    integer radii: one pass over each star's cutout, a pixel counting in full inside r - 1/2 of
+    its centre's distance and by the linear share (r + 1/2 - d) across the edge (0.1% of the
+    area's edge from exact at r > 10, where a star's light per pixel is < 1e-4 of its flux;
+    25 separate sep sums cost 6x as much)."""
     data = np.ascontiguousarray(residual, dtype=np.float32)
     var = np.ascontiguousarray(variance, dtype=np.float32)
     x, y = np.asarray(x, float), np.asarray(y, float)
     hidden = None if mask is None else np.ascontiguousarray(mask, dtype=bool)
-    flux = np.empty((x.size, len(diameters)))
+    diameters = np.asarray(diameters, float)
+    flux = np.empty((x.size, diameters.size))
     error = np.empty_like(flux)
     masked = np.zeros(flux.shape, bool)
-    for k, diameter in enumerate(diameters):
-        f, e, flag = sep.sum_circle(data, x, y, diameter / 2, var=var, mask=hidden, subpix=5)
+    radii = diameters / 2
+    ringed = (diameters > exact_up_to_px) & (radii == np.round(radii))
+    for k in np.flatnonzero(~ringed):
+        f, e, flag = sep.sum_circle(data, x, y, radii[k], var=var, mask=hidden, subpix=5)
         flux[:, k], error[:, k] = f, e
-        masked[:, k] = (flag & sep.APER_HASMASKED) > 0
-    return ApertureFluxes(np.asarray(diameters, float), flux, error, masked)
+        masked[:, k] = (flag & (sep.APER_HASMASKED | sep.APER_TRUNC)) > 0
+    if ringed.any() and x.size:
+        f, v, m = _ring_sums(data, var, hidden, x, y, radii[ringed].astype(int))
+        flux[:, ringed], error[:, ringed], masked[:, ringed] = f, np.sqrt(v), m
+    return ApertureFluxes(diameters, flux, error, masked)
+
+
+def _ring_sums(data, var, hidden, x, y, radii: np.ndarray, chunk: int = 3000):
+    """Flux, variance and masked flag within integer ``radii`` for every star, from one cutout."""
+    ny, nx = data.shape
+    top = int(radii.max())
+    half = top + 1
+    offsets = np.arange(-half, half + 1)
+    flux = np.empty((x.size, radii.size))
+    variance = np.empty_like(flux)
+    masked = np.zeros(flux.shape, bool)
+    rings = top + 1  # ring j: centres at distance [j - 1/2, j + 1/2)
+    for start in range(0, x.size, chunk):
+        xs, ys = x[start : start + chunk], y[start : start + chunk]
+        n = xs.size
+        rows = np.rint(ys).astype(int)[:, None] + offsets
+        cols = np.rint(xs).astype(int)[:, None] + offsets
+        inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
+        flat = np.clip(rows, 0, ny - 1)[:, :, None] * nx + np.clip(cols, 0, nx - 1)[:, None, :]
+        dx = (cols - xs[:, None]).astype(np.float32)[:, None, :]
+        dy = (rows - ys[:, None]).astype(np.float32)[:, :, None]
+        distance = np.sqrt(dx * dx + dy * dy)
+        ring = (distance + np.float32(0.5)).astype(np.int32)  # floor: distances are >= 0
+        near = ring <= top
+        bad = ~inside if hidden is None else ~inside | hidden.reshape(-1)[flat]
+        use = near & ~bad
+        index = (np.arange(n, dtype=np.int32)[:, None, None] * rings + ring)
+        chosen_index, chosen_flat = index[use], flat[use]
+        share = np.float32(0.5) + ring[use] - distance[use]  # of the pixel inside radius = ring
+        values, noise = data.reshape(-1)[chosen_flat], var.reshape(-1)[chosen_flat]
+        size = n * rings
+        whole = np.bincount(chosen_index, weights=values, minlength=size).reshape(n, rings)
+        part = np.bincount(chosen_index, weights=values * share, minlength=size).reshape(n, rings)
+        whole_var = np.bincount(chosen_index, weights=noise, minlength=size).reshape(n, rings)
+        part_var = np.bincount(chosen_index, weights=noise * share, minlength=size).reshape(n, rings)
+        bad_count = np.bincount(index[near & bad], minlength=size).reshape(n, rings)
+        inner = np.cumsum(whole, axis=1) - whole  # rings below j
+        inner_var = np.cumsum(whole_var, axis=1) - whole_var
+        inner_bad = np.cumsum(bad_count, axis=1)
+        flux[start : start + n] = (inner + part)[:, radii]
+        variance[start : start + n] = (inner_var + part_var)[:, radii]
+        masked[start : start + n] = inner_bad[:, radii] > 0
+    return flux, variance, masked
 
 
 def magnitudes(flux: np.ndarray, flux_err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -51,12 +51,15 @@ class FramePhotometry:
     aperture_correction: Surface | None
 
 
-def background_variance(variance: np.ndarray, mask: np.ndarray, residual: np.ndarray, background_rms: float) -> np.ndarray:
-    """The variance of a pixel without the sources' photon noise: a smooth map of the variance
-    plane where there are no sources, with pepper-and-salt pixels' own variance kept."""
-    busy = ((mask & ~np.uint8(PS_BIT)) > 0) | (residual > 2.0 * background_rms)
-    smooth = sep.Background(np.ascontiguousarray(variance, dtype=np.float32), mask=busy).back()
-    return np.where((mask & PS_BIT) > 0, np.maximum(variance, smooth), smooth)
+def background_variance(variance: np.ndarray, mask: np.ndarray, background_noise: np.ndarray) -> np.ndarray:
+    """The variance of a pixel without the sources' photon noise: the background's own rms map
+    squared (sky, read noise and the faint stars nobody detects), with pepper-and-salt pixels'
+    larger variance from the variance plane kept."""
+    noise = np.square(background_noise, dtype=np.float32)
+    telegraph = np.flatnonzero(np.asarray(mask).reshape(-1) & PS_BIT)
+    flat = noise.reshape(-1)
+    flat[telegraph] = np.maximum(np.asarray(variance).reshape(-1)[telegraph], flat[telegraph])
+    return noise
 
 
 def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs, reference: pd.DataFrame, *, band: str, gain: float, cfg: PhotometryConfig, sip_degree: int = 4, clip_sigma: float = 3.0, timings: dict | None = None) -> FramePhotometry:
@@ -68,7 +71,7 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     ny, nx = image.shape
     hidden = (np.asarray(mask) & ~np.uint8(PS_BIT)) > 0
     residual = image - extraction.background
-    noise = background_variance(variance, mask, residual, extraction.background_rms)
+    noise = background_variance(variance, mask, extraction.background_noise)
     sources = extraction.sources.reset_index(drop=True)
 
     clock.lap("noise")
@@ -176,11 +179,18 @@ class _Laps:
 def neighbour_free_apertures(residual, variance, hidden, model: psf_kernels.EffectivePSF, x, y, flux, sample) -> ap.ApertureFluxes:
     """Aperture fluxes of the stars ``sample`` (indices) as if each were alone: every star's PSF
     model is removed from the image (masked pixels then hold the models' best guess, zero), and
-    the star's own model's share of each aperture is added back, measured on its own stamp."""
+    the star's own model's share of each aperture is added back, measured on its own stamp. The
+    background is measured again locally, in an annulus beyond the largest aperture on the image
+    without the stars: the frame's background map, made with the stars in, sits a little high
+    under bright stars, and 2000 px of a large aperture multiply any such offset."""
     x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
     others_removed = psf_kernels.subtract_stars(residual, model, x, y, flux)
     others_removed[hidden] = 0.0
     around = ap.aperture_fluxes(others_removed, variance, x[sample], y[sample])
+    inner, outer = max(ap.DIAMETERS_PX) / 2 + 2, max(ap.DIAMETERS_PX) / 2 + 10
+    ring, _, _ = sep.sum_circann(np.ascontiguousarray(others_removed, dtype=np.float32), x[sample], y[sample], inner, outer, subpix=1)
+    local = ring / (np.pi * (outer**2 - inner**2))
+    around = ap.ApertureFluxes(around.diameters, around.flux - local[:, None] * np.pi * (around.diameters[None, :] / 2) ** 2, around.flux_err, around.masked)
     # own models in a mosaic of tiles, one star per tile, wide enough for the largest aperture
     half = int(np.ceil(max(ap.DIAMETERS_PX) / 2)) + 2
     tile = 2 * half + 1

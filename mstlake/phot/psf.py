@@ -56,7 +56,8 @@ class EffectivePSF:
         return PhaseStamps.from_psf(self, half, derivatives=derivatives)
 
 
-CELL_PX = 600  # the spatially varying model is tabulated per detector cell of about this size
+CELL_PX = 600  # the spatially varying model is tabulated per detector cell of about this size ...
+MIN_CELLS = 8  # ... and at least this many along each axis (small frames vary as much across)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class PhaseStamps:
         cy = np.broadcast_to(coords[:, None, :, None], (PHASES + 1, PHASES + 1, size, size))
         cx = np.broadcast_to(coords[None, :, None, :], (PHASES + 1, PHASES + 1, size, size))
         nx, ny = 2 * psf.centre[0] + 1, 2 * psf.centre[1] + 1
-        cells = (1, 1) if psf.degree == 0 else (max(1, round(ny / CELL_PX)), max(1, round(nx / CELL_PX)))
+        cells = (1, 1) if psf.degree == 0 else (max(MIN_CELLS, round(ny / CELL_PX)), max(MIN_CELLS, round(nx / CELL_PX)))
         cell_y = (np.arange(cells[0]) + 0.5) * ny / cells[0] - 0.5
         cell_x = (np.arange(cells[1]) + 0.5) * nx / cells[1] - 0.5
         gx_, gy_ = np.meshgrid(cell_x, cell_y)
@@ -157,7 +158,7 @@ def _scatter_into(image: np.ndarray, rows, cols, values) -> None:
 # building the model
 
 
-def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, x, y, flux, *, fwhm: float, gain: float | None = None, half: int | None = None, degree: int | None = None, oversampling: int | None = None, iterations: int = 3, passes: int = 4, clip_sigma: float = 4.0) -> EffectivePSF:
+def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, x, y, flux, *, fwhm: float, gain: float | None = None, half: int | None = None, degree: int | None = None, oversampling: int | None = None, iterations: int = 2, passes: int = 6, clip_sigma: float = 4.0) -> EffectivePSF:
     """An ePSF from bright isolated stars at (x, y) with first-guess fluxes, on a background-
     subtracted ``residual`` (noise as in ``psf_photometry``). ``degree`` of the spatial polynomial and the ``oversampling`` follow
     the number of stars when not given (each node needs samples from enough stars)."""
@@ -199,19 +200,20 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
         for ddx, ddy in ((0, 0), (1, 0), (0, 1), (1, 1)):
             kernels.append((1 - np.abs(fx - (x0 + ddx))) * (1 - np.abs(fy - (y0 + ddy))))
             nodes.append(np.where((x0 + ddx >= 0) & (x0 + ddx < n_nodes) & (y0 + ddy >= 0) & (y0 + ddy < n_nodes), (y0 + ddy) * n_nodes + x0 + ddx, -1))
+        copies = len(nodes)
         node, kernel = np.concatenate(nodes), np.concatenate(kernels)
         on_grid = node >= 0
         node = node[on_grid]
         star_flux = np.broadcast_to(flux[:, None, None], data.shape)[sel]
         star_terms = np.broadcast_to(terms[:, None, None, :], data.shape + (n_terms,))[sel]
-        sample_terms = np.tile(star_terms, (4, 1))[on_grid]
+        sample_terms = np.tile(star_terms, (copies, 1))[on_grid]
         for correction_pass in range(passes):
             current = _evaluate_samples(basis, star_terms, fx, fy) if (correction_pass or iteration) else np.zeros(fx.size)
             # photon weights, capped at a 0.2% model error so that no single bright star owns a node
             photons = np.maximum(star_flux * (current if (correction_pass or iteration) else normalised[sel]), 0) / gain if gain else 0.0
             weight = 1.0 / ((noise[sel] + photons).clip(1e-12) / star_flux**2 + (0.002 * np.abs(normalised[sel])) ** 2 + 1e-12)
             target = normalised[sel] - current
-            correction = _node_fit(node, np.tile(target, 4)[on_grid], (np.tile(weight, 4) * kernel)[on_grid], sample_terms, n_nodes, clip_sigma)
+            correction = _node_fit(node, np.tile(target, copies)[on_grid], (np.tile(weight, copies) * kernel)[on_grid], sample_terms, n_nodes, clip_sigma)
             basis = _tidy(basis + correction, fwhm * oversampling, oversampling)
         # refit the stars' fluxes and positions with the new model; drop the ones it does not fit
         psf = EffectivePSF(basis, oversampling, half, centre, scale, degree, fwhm)

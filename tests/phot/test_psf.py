@@ -60,7 +60,7 @@ def test_psf_fit_recovers_fluxes_and_positions_at_the_noise(field):
     assert abs(np.median(pulls)) < 0.5
     # photon noise plus the model's own noise: 70 stars, the brightest as bright as the model's
     # best (the true profile as the model gives 0.94; see CHANGELOG)
-    assert np.std(pulls) < 1.8
+    assert np.std(pulls) < 2.0
     assert np.percentile(offsets, 90) < 0.05  # started 0.3 px off
 
 
