@@ -160,8 +160,10 @@ def _scatter_into(image: np.ndarray, rows, cols, values) -> None:
 
 def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, x, y, flux, *, fwhm: float, gain: float | None = None, half: int | None = None, degree: int | None = None, oversampling: int | None = None, iterations: int = 2, passes: int = 6, clip_sigma: float = 4.0) -> EffectivePSF:
     """An ePSF from bright isolated stars at (x, y) with first-guess fluxes, on a background-
-    subtracted ``residual`` (noise as in ``psf_photometry``). ``degree`` of the spatial polynomial and the ``oversampling`` follow
-    the number of stars when not given (each node needs samples from enough stars)."""
+    subtracted ``residual`` (noise as in ``psf_photometry``). ``degree`` of the spatial
+    polynomial and the ``oversampling`` follow the number of stars when not given (each node
+    needs samples from enough stars). Each of ``iterations`` runs ``passes`` model corrections,
+    then refits the stars' positions and fluxes and drops those the model does not fit."""
     x, y, flux = (np.asarray(a, float).copy() for a in (x, y, flux))
     ny, nx = residual.shape
     n_stars = x.size
@@ -177,12 +179,15 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
     m = half * oversampling
     n_nodes = 2 * m + 1
     offsets = np.arange(-half, half + 1)
-    rows, cols = np.rint(y).astype(int)[:, None] + offsets, np.rint(x).astype(int)[:, None] + offsets
-    data, inside = _gather(residual, rows, cols)
-    masked, _ = _gather(hidden, rows, cols)
-    noise, _ = _gather(background_variance, rows, cols)
-    usable = inside & ~masked.astype(bool) & (noise > 0)
-    terms = poly_terms(x, y, centre, scale, degree)  # (n, K)
+
+    def cutouts(x, y):
+        rows, cols = np.rint(y).astype(int)[:, None] + offsets, np.rint(x).astype(int)[:, None] + offsets
+        data, inside = _gather(residual, rows, cols)
+        masked, _ = _gather(hidden, rows, cols)
+        noise, _ = _gather(background_variance, rows, cols)
+        return rows, cols, data, noise, inside & ~masked.astype(bool) & (noise > 0), poly_terms(x, y, centre, scale, degree)
+
+    rows, cols, data, noise, usable, terms = cutouts(x, y)
     basis = np.zeros((n_terms, n_nodes, n_nodes))
     keep_star = np.ones(n_stars, bool)
     for iteration in range(iterations):
@@ -197,10 +202,11 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
         # fitting what the model, evaluated at the samples' exact offsets, still misses
         x0, y0 = np.floor(fx).astype(int), np.floor(fy).astype(int)
         nodes, kernels = [], []
-        for ddx, ddy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        corners = ((0, 0), (1, 0), (0, 1), (1, 1))
+        for ddx, ddy in corners:
             kernels.append((1 - np.abs(fx - (x0 + ddx))) * (1 - np.abs(fy - (y0 + ddy))))
             nodes.append(np.where((x0 + ddx >= 0) & (x0 + ddx < n_nodes) & (y0 + ddy >= 0) & (y0 + ddy < n_nodes), (y0 + ddy) * n_nodes + x0 + ddx, -1))
-        copies = len(nodes)
+        copies = len(corners)
         node, kernel = np.concatenate(nodes), np.concatenate(kernels)
         on_grid = node >= 0
         node = node[on_grid]
@@ -225,12 +231,7 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
         keep_star = good & (chi <= limit)
         if keep_star.sum() < max(5, n_terms * 5):
             keep_star = good
-        rows, cols = np.rint(y).astype(int)[:, None] + offsets, np.rint(x).astype(int)[:, None] + offsets
-        data, inside = _gather(residual, rows, cols)
-        masked, _ = _gather(hidden, rows, cols)
-        noise, _ = _gather(background_variance, rows, cols)
-        usable = inside & ~masked.astype(bool) & (noise > 0)
-        terms = poly_terms(x, y, centre, scale, degree)
+        rows, cols, data, noise, usable, terms = cutouts(x, y)
     measured = _fwhm_of(basis[0], oversampling)
     return EffectivePSF(basis, oversampling, half, centre, scale, degree, measured)
 
