@@ -91,12 +91,12 @@ class InstrumentConfig:
 
 @dataclass(frozen=True)
 class ReferenceCatalogueConfig:
-    """The field's reference catalogue: a Parquet, FITS-table or CSV file whose columns map onto
-    the ``standard_library`` schema (``columns``: our name -> the file's name, for those that
-    differ)."""
+    """The field's reference catalogue: a Parquet, FITS-table or CSV file, or a HATS catalogue
+    directory (read with lsdb, e.g. Gaia DR3), whose columns map onto the ``standard_library``
+    schema (``columns``: our name -> the catalogue's name, for those that differ)."""
 
     path: str
-    format: str = "auto"  # parquet, fits, csv, or auto (from the file name)
+    format: str = "auto"  # parquet, fits, csv, hats, or auto (from the name; a directory with HATS properties is hats)
     columns: dict[str, str] = dataclasses.field(default_factory=dict)
     margin_deg: float = 0.25  # beyond the field's footprint: pointing errors, rotation
 

@@ -88,3 +88,16 @@ def test_sources_and_forced_files_open_in_duckdb_with_every_aperture(solved_lake
     assert sources[0] > 100 and sources[1] == sources[2] == 25 and sources[3] > 0.9 * sources[0]
     negative = duckdb.sql(f"select count(*) filter (where flux < 0), count(*) filter (where mag is null) from '{lake.tables_dir}/forced_photometry/*/*/*.parquet'").fetchall()[0]
     assert negative[0] > 0 and negative[1] >= negative[0]  # non-detections keep their (negative) flux, without a magnitude
+
+
+def test_a_hats_reference_catalogue_gives_the_same_stars(solved_lake, tmp_path):
+    import lsdb
+    import pyarrow.parquet as pq
+
+    paths, lake, field, _ = solved_lake
+    library = pq.read_table(paths.standard_library).to_pandas().rename(columns={"ra": "RA_ICRS", "dec": "DE_ICRS"})
+    lsdb.from_dataframe(library, ra_column="RA_ICRS", dec_column="DE_ICRS", highest_order=5).to_hats(tmp_path / "library_hats", catalog_name="library", progress_bar=False)
+    hats_field = dataclasses.replace(field, reference=ReferenceCatalogueConfig(path=str(tmp_path / "library_hats"), columns={"ra": "RA_ICRS", "dec": "DE_ICRS"}))
+    from_hats = load_reference(hats_field, LakePaths(tmp_path / "lake"), base=tmp_path).to_pandas()
+    from_parquet = read_table(lake.reference_catalogue("f02"), load_schema("standard_library")).to_pandas()
+    assert len(from_parquet) > 100 and set(from_hats.source_id) == set(from_parquet.source_id)
