@@ -211,3 +211,23 @@ def _inverse_sip(a: np.ndarray, b: np.ndarray, shape, crpix, degree: int, grid: 
     for (p, q), cu, cv in zip(powers, coef_u, coef_v):
         ap[p, q], bp[p, q] = cu * norm ** -(p + q), cv * norm ** -(p + q)
     return ap, bp
+
+
+RESIDUAL_GRID = (5, 8)  # rows x columns of the per-frame residual map
+
+
+def residual_map(x, y, dx, dy, shape: tuple[int, int], grid: tuple[int, int] = RESIDUAL_GRID, min_stars: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Median fit residuals (dx, dy, px) of matched stars in a grid of cells over the detector,
+    row-major; NaN where a cell has fewer than ``min_stars``. Systematic patterns here are
+    distortion the fit does not follow."""
+    ny, nx = shape
+    x, y, dx, dy = (np.asarray(a, float) for a in (x, y, dx, dy))
+    row = np.clip((y + 0.5) * grid[0] // ny, 0, grid[0] - 1).astype(int)
+    col = np.clip((x + 0.5) * grid[1] // nx, 0, grid[1] - 1).astype(int)
+    cell = row * grid[1] + col
+    maps = np.full((2, grid[0] * grid[1]), np.nan)
+    for k in np.unique(cell):
+        chosen = cell == k
+        if chosen.sum() >= min_stars:
+            maps[0, k], maps[1, k] = np.median(dx[chosen]), np.median(dy[chosen])
+    return maps[0], maps[1]

@@ -99,6 +99,28 @@ def provenance(ds: xr.Dataset) -> dict:
     return json.loads(ds.attrs["provenance"])
 
 
+def set_frame_wcs(path: Path, headers: dict[int, str]) -> None:
+    """Record the frames' astrometric solutions (FITS header strings by frame_id) in the cube's
+    attributes, replacing those of the same frames; only the metadata file is rewritten."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r+")
+    known = json.loads(group.attrs.get("wcs", "{}"))
+    known.update({str(frame_id): header for frame_id, header in headers.items()})
+    group.attrs["wcs"] = json.dumps(known)
+
+
+def frame_wcs(ds: xr.Dataset, frame_id: int):
+    """The astropy WCS of one frame of a cube (after ``mstlake ingest`` has solved it)."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    headers = json.loads(ds.attrs.get("wcs", "{}"))
+    if str(frame_id) not in headers:
+        raise KeyError(f"frame {frame_id} has no astrometric solution in this cube")
+    return WCS(fits.Header.fromstring(headers[str(frame_id)]))
+
+
 def write_masters(final: Path, arrays: dict[str, np.ndarray], provenance: dict) -> None:
     schema = load_cube_schema("cube_masters")
     shape = next(iter(arrays.values())).shape

@@ -5,6 +5,7 @@ and cached in the lake so later stages (and re-runs) do not read the big catalog
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from astropy.table import Table
+from pandas.errors import Pandas4Warning
 
 from mstlake.astro import separation_deg
 from mstlake.config import FieldConfig, ReferenceCatalogueConfig
@@ -51,11 +53,14 @@ def _read(path: Path, fmt: str, *, columns: list[str], cone: tuple[float, float,
 def _read_hats(path: Path, columns: list[str], cone: tuple[float, float, float]) -> pa.Table:
     """The columns of a HATS catalogue within a cone (ra, dec, radius in degrees), with lsdb:
     only the HEALPix partitions that touch the cone are read."""
-    import lsdb
+    with warnings.catch_warnings():
+        # nested-pandas (under lsdb) still uses what pandas 3.1 deprecates: not ours to fix
+        warnings.filterwarnings("ignore", category=Pandas4Warning)
+        import lsdb
 
-    ra, dec, radius_deg = cone
-    catalog = lsdb.read_hats(path, search_filter=lsdb.ConeSearch(ra, dec, radius_deg * 3600), columns=columns, error_empty_filter=False)
-    return pa.Table.from_pandas(catalog.compute().reset_index(drop=True), preserve_index=False)
+        ra, dec, radius_deg = cone
+        catalog = lsdb.read_hats(path, search_filter=lsdb.ConeSearch(ra, dec, radius_deg * 3600), columns=columns, error_empty_filter=False)
+        return pa.Table.from_pandas(catalog.compute().reset_index(drop=True), preserve_index=False)
 
 
 def load_reference(field: FieldConfig, lake: LakePaths, *, base: Path, refresh: bool = False) -> pa.Table:

@@ -43,6 +43,7 @@ class FramePhotometry:
     psf_stars: int
     aperture_fluxes: ap.ApertureFluxes  # of every detection, rows as in sources
     solution: solve.Solution  # the WCS refined with the PSF centroids
+    residual_map: tuple[np.ndarray, np.ndarray]  # that fit's median residuals per cell (solve.residual_map), px
     zero_point: ZeroPoint | None
     zero_point_problem: str | None
     cloudy: bool  # the standards scatter about the smooth zero point more than clear sky allows
@@ -91,6 +92,8 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     clean = (sources.flag.values & ~extract.NEIGHBOUR) == 0
     use = clean & psf_ok & (fit.flag & psf_kernels.PSF_POOR_FIT == 0) & np.isfinite(fit.x)
     solution = solve.refine(wcs, fit.x[use], fit.y[use], reference.ra.values, reference.dec.values, shape=(ny, nx), sip_degree=sip_degree, match_radius_px=2.0, clip_sigma=clip_sigma)
+    fitted_x, fitted_y = fit.x[use][solution.source_index], fit.y[use][solution.source_index]
+    residuals = solve.residual_map(fitted_x, fitted_y, solution.residual_x_px, solution.residual_y_px, (ny, nx))
     ra, dec = solution.wcs.all_pix2world(np.where(psf_ok, fit.x, sources.x), np.where(psf_ok, fit.y, sources.y), 0)
     sources = sources.assign(ra=ra, dec=dec)
 
@@ -160,7 +163,7 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
         sources = sources.assign(mag_ap_best_inst=mag_ap[:, best], mag_ap_best_err=mag_ap_err[:, best], mag_ap=mag_ap[:, best] + apcorr + zp_sources)
     clock.lap("zero_point")
     cloudy = zero_point is None or zero_point.rms > cfg.cloudy_zero_point_rms
-    return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, zero_point, problem, cloudy, best, reference_index, correction)
+    return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, residuals, zero_point, problem, cloudy, best, reference_index, correction)
 
 
 class _Laps:

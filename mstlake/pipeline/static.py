@@ -8,7 +8,8 @@ the reason and the rest go on. Outputs:
 * the ``astrometry`` and ``photometry`` tables, one row per frame (a re-run replaces the rows of
   the frames it measured);
 * per field, band and night, the ``sources`` (every detection) and ``forced_photometry`` (every
-  reference star at its catalogue position) files, each written whole and atomically.
+  reference star at its catalogue position) files, each written whole and atomically, and each
+  frame's WCS in the cube's attributes (``mstlake.lake.cubes.frame_wcs``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ class StaticResult:
     uncalibrated: list[tuple[int, str]]  # solved frames without a zero point
 
 
-_UNSOLVED = {"n_sources": 0, "status": "failed", "reason": None, "wcs_header": None, "rms_x_mas": None, "rms_y_mas": None, "n_matched": 0, "mirrored": None, "pointing_offset_arcmin": None}
+_UNSOLVED = {
+    "n_sources": 0, "status": "failed", "reason": None, "wcs_header": None, "rms_x_mas": None, "rms_y_mas": None, "n_matched": 0, "mirrored": None, "pointing_offset_arcmin": None,
+    "residual_map_x_mas": None, "residual_map_y_mas": None,
+}
 _NO_PHOTOMETRY = {
     "status": "failed", "reason": None, "n_sources": 0, "n_forced": 0, "psf_fwhm_px": None, "psf_stars": 0, "psf_degree": 0, "best_aperture_px": None, "reference_aperture_px": None,
     "aperture_correction_rms_mag": None, "aperture_correction": None, "zero_point_mag": None, "zero_point_rms_mag": None, "zero_point": None, "n_calibrators": 0, "transparency": None, "cloudy": False,
@@ -61,15 +65,18 @@ def _measure_cube_frame(store, index, keys, pointing, reference, band, pixel_sca
         return {**keys, **_UNSOLVED, "reason": reason}, {**keys, **_NO_PHOTOMETRY, "reason": f"not solved: {reason}"}, None, None
     try:
         measured = photometer_frame(image, variance, mask, found.extraction, found.solution.wcs, reference, band=band, gain=gain, cfg=photometry_cfg)
-        solution = measured.solution
+        solution, residuals = measured.solution, measured.residual_map
     except Exception as err:  # keep the blind solution; say why there is no photometry
         measured, solution = None, found.solution
+        matched = found.fitted.iloc[solution.source_index]
+        residuals = solve.residual_map(matched.x, matched.y, solution.residual_x_px, solution.residual_y_px, image.shape)
         photometry_row = {**keys, **_NO_PHOTOMETRY, "reason": f"{type(err).__name__}: {err}"}
     mas = pixel_scale_deg * 3.6e6
     astrometry_row = {
         **keys, "n_sources": len(found.extraction.sources), "status": "solved", "reason": None, "wcs_header": solution.wcs.to_header(relax=True).tostring(),
         "rms_x_mas": solution.rms_x_px * mas, "rms_y_mas": solution.rms_y_px * mas, "n_matched": solution.n_matched, "mirrored": found.mirrored,
         "pointing_offset_arcmin": found.pointing_offset_arcmin,
+        "residual_map_x_mas": (residuals[0] * mas).tolist(), "residual_map_y_mas": (residuals[1] * mas).tolist(),
     }
     if measured is None:
         return astrometry_row, photometry_row, None, None
@@ -135,7 +142,7 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
             keys = {"frame_id": int(frame_id), "field": field, "band": band, "night": night}
             pointing = (float(row.ra_pointing), float(row.dec_pointing))
             tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, table, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
-        per_cube.append(dask.delayed(_write_night)(lake, field, band, night, tasks, dask_key_name=f"static-night-{field}-{band}-{night}"))
+        per_cube.append(dask.delayed(_write_night)(lake, field, band, night, store, tasks, dask_key_name=f"static-night-{field}-{band}-{night}"))
     n_frames = sum(len(cubes.open_store(store).frame_id) for *_, store in lake.field_cubes(field))
     with dask_progress("astrometry and photometry", n_frames, key_prefix="static-frame-", enabled=progress):
         nights = list(dask.compute(*per_cube, scheduler=astrometry_cfg.scheduler, num_workers=astrometry_cfg.workers))
@@ -157,8 +164,10 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     )
 
 
-def _write_night(lake: LakePaths, field: str, band: str, night: int, results) -> tuple[list[dict], list[dict]]:
-    """Write one night's sources and forced photometry (whole files, atomically); pass the rows on."""
+def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results) -> tuple[list[dict], list[dict]]:
+    """Write one night's sources and forced photometry (whole files, atomically) and the frames'
+    WCS into the cube's attributes; pass the rows on."""
+    cubes.set_frame_wcs(store, {r[0]["frame_id"]: r[0]["wcs_header"] for r in results if r[0]["wcs_header"]})
     sources = [r[2] for r in results if r[2] is not None]
     forced = [r[3] for r in results if r[3] is not None]
     for tables, path, name in ((sources, lake.sources_file(field, band, night), "sources"), (forced, lake.forced_file(field, band, night), "forced_photometry")):

@@ -90,14 +90,30 @@ def test_sources_and_forced_files_open_in_duckdb_with_every_aperture(solved_lake
     assert negative[0] > 0 and negative[1] >= negative[0]  # non-detections keep their (negative) flux, without a magnitude
 
 
+@pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # nested-pandas, under lsdb, uses what pandas 3.1 deprecates
 def test_a_hats_reference_catalogue_gives_the_same_stars(solved_lake, tmp_path):
     import lsdb
     import pyarrow.parquet as pq
 
     paths, lake, field, _ = solved_lake
     library = pq.read_table(paths.standard_library).to_pandas().rename(columns={"ra": "RA_ICRS", "dec": "DE_ICRS"})
-    lsdb.from_dataframe(library, ra_column="RA_ICRS", dec_column="DE_ICRS", highest_order=5).to_hats(tmp_path / "library_hats", catalog_name="library", progress_bar=False)
+    lsdb.from_dataframe(library, ra_column="RA_ICRS", dec_column="DE_ICRS", highest_order=5).write_catalog(tmp_path / "library_hats", catalog_name="library", progress_bar=False)
     hats_field = dataclasses.replace(field, reference=ReferenceCatalogueConfig(path=str(tmp_path / "library_hats"), columns={"ra": "RA_ICRS", "dec": "DE_ICRS"}))
     from_hats = load_reference(hats_field, LakePaths(tmp_path / "lake"), base=tmp_path).to_pandas()
     from_parquet = read_table(lake.reference_catalogue("f02"), load_schema("standard_library")).to_pandas()
     assert len(from_parquet) > 100 and set(from_hats.source_id) == set(from_parquet.source_id)
+
+
+def test_the_cube_carries_each_frames_wcs_and_the_table_its_residual_map(solved_lake):
+    from mstlake.lake import cubes
+
+    _, lake, _, _ = solved_lake
+    table = read_table(lake.astrometry_table, load_schema("astrometry")).to_pandas().set_index("frame_id")
+    for *_, store in lake.field_cubes("f02"):
+        ds = cubes.open_store(store)
+        for frame_id in ds.frame_id.values:
+            wcs = cubes.frame_wcs(ds, int(frame_id))
+            assert wcs.to_header(relax=True).tostring() == WCS(fits.Header.fromstring(table.loc[frame_id, "wcs_header"])).to_header(relax=True).tostring()
+            residuals = np.array(table.loc[frame_id, "residual_map_x_mas"], float)
+            assert residuals.size == 40 and np.isfinite(residuals).sum() >= 10
+            assert np.nanmax(np.abs(residuals)) < 3 * table.loc[frame_id, "rms_x_mas"]  # no unmodelled distortion
