@@ -114,9 +114,17 @@ def main() -> None:
     constant = set(stars.star_id[stars.variable_type == "constant"])
     forced = phot.forced.assign(star_id=library.source_id.values[phot.forced.reference_index.values])
     forced["star_id"] = forced.star_id.map(star_of)
-    merged = forced.merge(truth[["star_id", "mag"]].rename(columns={"mag": "mag_true"}), on="star_id")
+    merged = forced.merge(truth[["star_id", "mag", "fwhm_px"]].rename(columns={"mag": "mag_true"}), on="star_id")
     good = merged[(merged.flux / merged.flux_err > 50) & (merged.flag == 0) & merged.star_id.isin(constant)]
     residuals = sky_residuals_mas(phot.sources, truth, stars.set_index("star_id"))
+    correction_error = None
+    if phot.aperture_correction is not None:
+        beta = float(pq.read_table(sim.frames).to_pandas().set_index("stem").loc[stem, "psf_beta"])
+        alpha = merged.fwhm_px.values / (2 * np.sqrt(2 ** (1 / beta) - 1))
+        r_best, r_ref = ap.DIAMETERS_PX[phot.best_aperture] / 2, ap.DIAMETERS_PX[phot.reference_aperture] / 2
+        energy = lambda r: 1 - (1 + (r / alpha) ** 2) ** (1 - beta)  # noqa: E731  (circular Moffat: the truth's FWHM and beta)
+        true_correction = -2.5 * np.log10(energy(r_ref) / energy(r_best))
+        correction_error = round(1000 * float(np.sqrt(np.mean((phot.aperture_correction(merged.x.values, merged.y.values) - true_correction) ** 2))), 2)
     out = {
         "frame_shape": [ny, nx], "detections": len(phot.sources), "forced_stars": len(phot.forced), "psf_stars": phot.psf_stars, "psf_degree": phot.psf.degree, "psf_oversampling": phot.psf.oversampling,
         "seconds_per_step": {k: round(v, 2) for k, v in steps.items()}, "seconds_total": round(total, 1),
@@ -127,7 +135,8 @@ def main() -> None:
                        "error_vs_truth_mmag": round(1000 * float(np.median(good.mag - good.mag_true)), 2), "stars_compared": len(good)},
         "astrometry_snr_above_100": {"stars": len(residuals), "rms_mas_per_axis": [round(float(np.sqrt(np.mean(residuals[:, k] ** 2))), 1) for k in (0, 1)]},
         "aperture_correction": {"best_px": ap.DIAMETERS_PX[phot.best_aperture] if phot.best_aperture is not None else None, "reference_px": ap.DIAMETERS_PX[phot.reference_aperture] if phot.reference_aperture is not None else None,
-                                "fit_rms_mmag": round(1000 * phot.aperture_correction.rms, 1) if phot.aperture_correction else None, "stars": phot.aperture_correction.n_used if phot.aperture_correction else 0},
+                                "error_vs_truth_mmag": correction_error, "method": pipeline.photometry.aperture_correction,
+                                "measured_scatter_mmag": round(1000 * phot.measured_correction.rms, 1) if phot.measured_correction else None, "stars": phot.measured_correction.n_used if phot.measured_correction else 0},
         "cloudy_flag": phot.cloudy,
     }
     (Path(__file__).parent / "results" / args.out).write_text(json.dumps(out, indent=2))

@@ -141,3 +141,17 @@ def aperture_correction(x, y, mag_best, mag_ref, *, shape: tuple[int, int], clip
     if np.isfinite(delta).sum() < 6:
         raise ValueError(f"only {np.isfinite(delta).sum()} stars for a 6-term aperture correction")
     return fit_surface(x, y, delta, shape=shape, degree=2, clip_sigma=clip_sigma)
+
+
+def model_aperture_correction(x, y, total: ApertureFluxes, own: ApertureFluxes, best: int, reference: int, *, model_half_px: float, shape: tuple[int, int]) -> Surface:
+    """mag_ref - mag_best from the growth curve in two parts (as DAOGROW): inside the PSF model's
+    extent, the stars' own noise-free models (``own``: their apertures on the model alone), which
+    carry the PSF's variation across the detector; beyond it, the median over the stars of the
+    measured neighbour-free growth (``total``), a constant. Fitted as a 2nd-order surface."""
+    inside = np.flatnonzero(total.diameters / 2 <= model_half_px - 1)
+    mid = int(min(reference, max(best, inside.max() if inside.size else best)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inner = -2.5 * np.log10(own.flux[:, mid] / own.flux[:, best])
+        outer_each = -2.5 * np.log10(total.flux[:, reference] / total.flux[:, mid])
+    outer = float(np.nanmedian(outer_each)) if np.isfinite(outer_each).any() else 0.0
+    return fit_surface(x, y, inner + outer, shape=shape, degree=2)

@@ -49,7 +49,8 @@ class FramePhotometry:
     cloudy: bool  # the standards scatter about the smooth zero point more than clear sky allows
     best_aperture: int | None
     reference_aperture: int | None
-    aperture_correction: Surface | None
+    aperture_correction: Surface | None  # applied to aperture magnitudes
+    measured_correction: Surface | None  # the direct fit of measured mag_ref - mag_best (its rms: the stars' scatter)
 
 
 def background_variance(variance: np.ndarray, mask: np.ndarray, background_noise: np.ndarray) -> np.ndarray:
@@ -125,15 +126,19 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     clock.lap("forced_photometry")
     # aperture photometry; growth curve and aperture correction on neighbour-subtracted stars
     fluxes = ap.aperture_fluxes(residual, variance, sources.x, sources.y, mask=hidden)
-    best = reference_index = correction = None
+    best = reference_index = correction = measured_correction = None
     try:
         best, chosen = ap.best_aperture(fluxes)
         sample = np.flatnonzero(chosen & clean & psf_ok & np.isfinite(fit.flux))
         sample = sample[np.argsort(-fit.flux[sample])][: cfg.apcorr_max_stars]
-        growth = neighbour_free_apertures(residual, variance, hidden, model, det_x, det_y, np.nan_to_num(fit.flux), sample)
+        growth, own = neighbour_free_apertures(residual, variance, hidden, model, det_x, det_y, np.nan_to_num(fit.flux), sample)
         reference_index = ap.reference_aperture(growth, np.ones(sample.size, bool))
         mag_sample, _ = ap.magnitudes(growth.flux, growth.flux_err)
-        correction = ap.aperture_correction(det_x[sample], det_y[sample], mag_sample[:, best], mag_sample[:, reference_index], shape=(ny, nx))
+        measured_correction = ap.aperture_correction(det_x[sample], det_y[sample], mag_sample[:, best], mag_sample[:, reference_index], shape=(ny, nx))
+        if cfg.aperture_correction == "model":
+            correction = ap.model_aperture_correction(det_x[sample], det_y[sample], growth, own, best, reference_index, model_half_px=model.half, shape=(ny, nx))
+        else:
+            correction = measured_correction
     except ValueError:
         pass  # too few good stars: aperture magnitudes stay uncorrected (best_aperture is None)
     mag_ap, mag_ap_err = ap.magnitudes(fluxes.flux, fluxes.flux_err)
@@ -163,7 +168,7 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
         sources = sources.assign(mag_ap_best_inst=mag_ap[:, best], mag_ap_best_err=mag_ap_err[:, best], mag_ap=mag_ap[:, best] + apcorr + zp_sources)
     clock.lap("zero_point")
     cloudy = zero_point is None or zero_point.rms > cfg.cloudy_zero_point_rms
-    return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, residuals, zero_point, problem, cloudy, best, reference_index, correction)
+    return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, residuals, zero_point, problem, cloudy, best, reference_index, correction, measured_correction)
 
 
 class _Laps:
@@ -179,13 +184,14 @@ class _Laps:
         self.last = now
 
 
-def neighbour_free_apertures(residual, variance, hidden, model: psf_kernels.EffectivePSF, x, y, flux, sample) -> ap.ApertureFluxes:
+def neighbour_free_apertures(residual, variance, hidden, model: psf_kernels.EffectivePSF, x, y, flux, sample) -> tuple[ap.ApertureFluxes, ap.ApertureFluxes]:
     """Aperture fluxes of the stars ``sample`` (indices) as if each were alone: every star's PSF
     model is removed from the image (masked pixels then hold the models' best guess, zero), and
     the star's own model's share of each aperture is added back, measured on its own stamp. The
     background is measured again locally, in an annulus beyond the largest aperture on the image
     without the stars: the frame's background map, made with the stars in, sits a little high
-    under bright stars, and 2000 px of a large aperture multiply any such offset."""
+    under bright stars, and 2000 px of a large aperture multiply any such offset. Returns these
+    fluxes and those of the stars' own models alone."""
     x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
     others_removed = psf_kernels.subtract_stars(residual, model, x, y, flux)
     others_removed[hidden] = 0.0
@@ -203,4 +209,4 @@ def neighbour_free_apertures(residual, variance, hidden, model: psf_kernels.Effe
     tile_y = (np.arange(sample.size) // columns) * tile + half + (y[sample] - np.rint(y[sample]))
     own = psf_kernels.subtract_stars(mosaic, model, tile_x, tile_y, -flux[sample])
     alone = ap.aperture_fluxes(own, np.zeros_like(own), tile_x, tile_y)
-    return ap.ApertureFluxes(around.diameters, around.flux + alone.flux, around.flux_err, np.zeros_like(around.masked))
+    return ap.ApertureFluxes(around.diameters, around.flux + alone.flux, around.flux_err, np.zeros_like(around.masked)), alone

@@ -90,7 +90,7 @@ def _photometry_row(keys: dict, measured: FramePhotometry) -> dict:
         **keys, "status": "calibrated" if zp is not None else "uncalibrated", "reason": measured.zero_point_problem,
         "n_sources": len(measured.sources), "n_forced": len(measured.forced), "psf_fwhm_px": measured.psf.fwhm, "psf_stars": measured.psf_stars, "psf_degree": measured.psf.degree,
         "best_aperture_px": diameter(measured.best_aperture), "reference_aperture_px": diameter(measured.reference_aperture),
-        "aperture_correction_rms_mag": None if correction is None else correction.rms, "aperture_correction": None if correction is None else correction.coefficients.tolist(),
+        "aperture_correction_rms_mag": None if measured.measured_correction is None else measured.measured_correction.rms, "aperture_correction": None if correction is None else correction.coefficients.tolist(),
         "zero_point_mag": None if zp is None else zp.at_centre, "zero_point_rms_mag": None if zp is None else zp.rms, "zero_point": None if zp is None else zp.surface.coefficients.tolist(),
         "n_calibrators": 0 if zp is None else zp.n_calibrators, "transparency": None, "cloudy": measured.cloudy,
     }

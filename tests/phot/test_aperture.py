@@ -83,3 +83,25 @@ def test_one_pass_ring_sums_match_exact_apertures():
     assert np.median(pull) < 0.05  # a neighbour's core on the aperture edge is where the shares differ most
     assert np.allclose(fast.flux_err[:, ringed], exact.flux_err[:, ringed], rtol=0.01)
     assert np.mean(fast.masked == exact.masked) > 0.98
+
+
+def test_model_aperture_correction_follows_the_psf_across_the_detector():
+    rng = np.random.default_rng(8)
+    shape = (1000, 1500)
+    x, y = rng.uniform(0, 1500, 200), rng.uniform(0, 1000, 200)
+    alpha = 2.5 * (1 + 0.1 * ((x - 750) ** 2 + (y - 500) ** 2) / 900**2)  # wider towards the corners
+    beta = 3.0
+    diameters = np.asarray(ap.DIAMETERS_PX)
+    growth = 1 - (1 + (diameters[None, :] / 2 / alpha[:, None]) ** 2) ** (1 - beta)
+    flux = 10 ** rng.uniform(4.5, 5.5, 200)
+    model_half = 11
+    own = flux[:, None] * np.where(diameters / 2 <= model_half, growth, growth[:, diameters / 2 <= model_half][:, -1:])
+    error = np.sqrt(flux[:, None] * growth + np.pi * (diameters / 2) ** 2 * 100.0)
+    total = flux[:, None] * growth + rng.normal(0, 1, growth.shape) * error
+    best, reference = 5, 24  # 12 and 50 px
+    as_fluxes = lambda f: ap.ApertureFluxes(diameters, f, error, np.zeros(f.shape, bool))  # noqa: E731
+    fitted = ap.model_aperture_correction(x, y, as_fluxes(total), as_fluxes(own), best, reference, model_half_px=model_half, shape=shape)
+    true = -2.5 * np.log10(growth[:, reference] / growth[:, best])
+    assert np.sqrt(np.mean((fitted(x, y) - true) ** 2)) < 0.002
+    direct = ap.aperture_correction(x, y, -2.5 * np.log10(total[:, best]), -2.5 * np.log10(total[:, reference]), shape=shape)
+    assert np.sqrt(np.mean((fitted(x, y) - true) ** 2)) < np.sqrt(np.mean((direct(x, y) - true) ** 2))  # less noise than the direct fit
