@@ -92,7 +92,11 @@ class TableSchema:
         return self.from_columns({name: [row[name] for row in rows] for name in self.names})
 
     def conform(self, table: pa.Table) -> pa.Table:
-        """Check a table read back from disk against the schema and return it in schema order."""
+        """Check a table read back from disk against the schema and return it in schema order.
+        A nullable column the schema gained since the file was written reads as nulls."""
+        for column in self.columns:
+            if column.nullable and column.name not in table.column_names:
+                table = table.append_column(column.name, pa.nulls(table.num_rows, type=_ARROW_TYPES[column.type]))
         self._check_names(table.column_names)
         return table.select(self.names).cast(self.arrow())
 

@@ -62,3 +62,12 @@ def test_conform_casts_and_orders():
     table = pa.table({"cosmic_e": [1.0], "track_e": [0.0], "y": [3], "x": [4]})
     out = schema.conform(table)
     assert out.column_names == ["x", "y", "track_e", "cosmic_e"] and out.schema.field("x").type == pa.int32()
+
+
+def test_a_nullable_column_added_later_reads_as_null_and_a_required_one_is_an_error():
+    schema = load_schema("frames")
+    old = schema.empty().drop_columns(["wcs_header"])
+    assert schema.conform(old).column("wcs_header").null_count == 0  # no rows, no nulls, but the column is there
+    assert "wcs_header" in schema.conform(old).column_names
+    with pytest.raises(SchemaError, match="missing columns"):
+        schema.conform(schema.empty().drop_columns(["path"]))

@@ -203,6 +203,7 @@ def interpret(facts: FileFacts, *, instrument: InstrumentConfig, fields: Mapping
         "warnings": "; ".join(warnings) or None,
         "inventoried_at": now,
         "mstlake_version": version,
+        "wcs_header": None,
     }
 
 

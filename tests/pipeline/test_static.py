@@ -117,3 +117,12 @@ def test_the_cube_carries_each_frames_wcs_and_the_table_its_residual_map(solved_
             residuals = np.array(table.loc[frame_id, "residual_map_x_mas"], float)
             assert residuals.size == 40 and np.isfinite(residuals).sum() >= 10
             assert np.nanmax(np.abs(residuals)) < 3 * table.loc[frame_id, "rms_x_mas"]  # no unmodelled distortion
+
+
+def test_the_frames_table_carries_each_solution_too(solved_lake):
+    _, lake, _, _ = solved_lake
+    frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
+    table = read_table(lake.astrometry_table, load_schema("astrometry")).to_pandas().set_index("frame_id")
+    solved = table[table.status == "solved"]
+    assert len(solved) > 0 and (frames.loc[solved.index, "wcs_header"] == solved.wcs_header).all()
+    assert frames.drop(index=solved.index).wcs_header.isna().all()  # calibration frames, unsolved ones
