@@ -65,9 +65,10 @@ def background_variance(variance: np.ndarray, mask: np.ndarray, background_noise
 
 
 def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs, reference: pd.DataFrame, *, band: str, gain: float, cfg: PhotometryConfig, sip_degree: int = 4, clip_sigma: float = 3.0, timings: dict | None = None) -> FramePhotometry:
-    """``reference``: the reference stars near the frame with columns ra, dec, mag_<band> and
-    mag_<band>_error (the standard_library schema). Magnitudes are instrumental -2.5 log10(ADU) before the
-    zero point."""
+    """Photometry and flux calibration of one solved frame (``wcs``: its blind solution).
+    ``reference``: the reference stars near the frame with columns ra, dec, mag_<band> and
+    mag_<band>_error (the standard_library schema). Instrumental magnitudes are -2.5 log10(ADU);
+    ``timings`` (a dict), when given, receives the seconds of each step."""
     clock = _Laps(timings)
     image = np.asarray(image, np.float32)
     ny, nx = image.shape
@@ -77,7 +78,7 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     sources = extraction.sources.reset_index(drop=True)
 
     clock.lap("noise")
-    # the PSF from bright, clean, isolated stars below saturation
+    # the PSF from bright, clean (no masked or saturated pixel near), isolated stars
     candidates = sources[(sources.flag == 0) & (sources.snr > cfg.psf_min_snr)].nlargest(cfg.psf_max_stars, "snr")
     fwhm = float(np.median(candidates.fwhm)) if len(candidates) else float(np.median(sources.fwhm))
     model = psf_kernels.build_psf(residual, noise, hidden, candidates.x, candidates.y, candidates.flux, fwhm=fwhm, gain=gain)
@@ -142,7 +143,8 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     except ValueError:
         pass  # too few good stars: aperture magnitudes stay uncorrected (best_aperture is None)
     mag_ap, mag_ap_err = ap.magnitudes(fluxes.flux, fluxes.flux_err)
-    sources = sources.assign(mag_psf_inst=ap.magnitudes(fit.flux, fit.flux_err)[0], mag_psf_inst_err=ap.magnitudes(fit.flux, fit.flux_err)[1])
+    mag_psf, mag_psf_err = ap.magnitudes(fit.flux, fit.flux_err)
+    sources = sources.assign(mag_psf_inst=mag_psf, mag_psf_inst_err=mag_psf_err)
 
     clock.lap("apertures_and_correction")
     # zero point from the standards' forced PSF magnitudes
@@ -157,11 +159,8 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
         zero_point = fit_zero_point(forced.x[calibrators], forced.y[calibrators], forced.mag_inst[calibrators], forced.mag_inst_err[calibrators], ref[mag_column].values[calibrators], ref_err[calibrators], shape=(ny, nx), degree=cfg.zero_point_degree, max_error=cfg.calibrator_max_error, clip_sigma=cfg.zero_point_clip_sigma)
     except ZeroPointError as err:
         problem = str(err)
-    zp_sources = zero_point(det_x, det_y) if zero_point else np.full(len(sources), np.nan)
-    if zero_point:
-        forced["mag"] = forced.mag_inst + zero_point(forced.x, forced.y)
-    else:
-        forced["mag"] = np.nan
+    zp_sources = zero_point(det_x, det_y) if zero_point is not None else np.full(len(sources), np.nan)
+    forced["mag"] = forced.mag_inst + zero_point(forced.x, forced.y) if zero_point is not None else np.nan
     sources = sources.assign(mag_psf=sources.mag_psf_inst + zp_sources)
     if best is not None:
         apcorr = correction(sources.x, sources.y) if correction is not None else 0.0
