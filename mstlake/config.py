@@ -198,6 +198,7 @@ class AstrometryConfig:
 class PhotometryConfig:
     psf_min_snr: float  # PSF stars: clean, isolated detections above this S/N ...
     psf_max_stars: int  # ... at most this many, the brightest
+    psf_rebuild: bool  # build the ePSF again with every other star subtracted (crowded stars join)
     fit_position_min_snr: float  # PSF fits refine positions above this S/N; fainter stay put
     psf_iterations: int  # rounds of fitting every star with all the others subtracted
     forced_match_radius_px: float  # a detection this close to a catalogue position is that star

@@ -86,6 +86,18 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     clock.lap("psf_model")
     # PSF photometry of every detection (positions refined for the brighter ones)
     fit = psf_kernels.psf_photometry(residual, noise, hidden, model, sources.x, sources.y, sources.flux, fit_position=sources.snr.values > cfg.fit_position_min_snr, gain=gain, iterations=cfg.psf_iterations)
+    if cfg.psf_rebuild:
+        # again from an image without the other stars: crowded bright stars become usable and
+        # the PSF stars' own cutouts lose their neighbours' light (DAOPHOT's second pass)
+        psf_like = (sources.flag.values & ~extract.NEIGHBOUR) == 0
+        bright = psf_like & (sources.snr.values > cfg.psf_min_snr) & ((fit.flag & (psf_kernels.PSF_NOT_CONVERGED | psf_kernels.PSF_POOR_FIT)) == 0)
+        chosen = np.flatnonzero(bright)[np.argsort(-sources.snr.values[bright])][: cfg.psf_max_stars]
+        keep = np.zeros(len(sources), bool)
+        keep[chosen] = True
+        alone = psf_kernels.subtract_stars(residual, model, fit.x, fit.y, np.nan_to_num(fit.flux), keep=keep)
+        model = psf_kernels.build_psf(alone, noise, hidden, fit.x[chosen], fit.y[chosen], fit.flux[chosen], fwhm=model.fwhm, gain=gain)
+        candidates = sources.iloc[chosen]
+        fit = psf_kernels.psf_photometry(residual, noise, hidden, model, fit.x, fit.y, np.nan_to_num(fit.flux), fit_position=sources.snr.values > cfg.fit_position_min_snr, gain=gain, iterations=cfg.psf_iterations)
     psf_ok = (fit.flag & psf_kernels.PSF_NOT_CONVERGED) == 0
     sources = sources.assign(x_psf=fit.x, y_psf=fit.y, flux_psf=fit.flux, flux_psf_err=fit.flux_err, chi2_psf=fit.chi2_reduced, flag_psf=fit.flag)
 

@@ -126,3 +126,26 @@ def test_the_frames_table_carries_each_solution_too(solved_lake):
     solved = table[table.status == "solved"]
     assert len(solved) > 0 and (frames.loc[solved.index, "wcs_header"] == solved.wcs_header).all()
     assert frames.drop(index=solved.index).wcs_header.isna().all()  # calibration frames, unsolved ones
+
+
+def test_a_second_psf_from_the_image_without_neighbours_measures_as_well(solved_lake, instrument, pipeline_config):
+    import pyarrow.parquet as pq
+
+    from mstlake.astrom import frame as frame_kernel
+    from mstlake.lake import cubes
+    from mstlake.phot.frame import photometer_frame
+
+    paths, lake, _, _ = solved_lake
+    library = pq.read_table(paths.standard_library).to_pandas()
+    frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
+    store = lake.field_cubes("f02")[0][3]
+    ds = cubes.open_store(store)
+    row = frames.loc[int(ds.frame_id.values[0])]
+    image, variance, mask = ds.image[0].values, ds.variance[0].values, ds.mask[0].values
+    found = frame_kernel.solve_image(image, variance, mask, pointing=(row.ra_pointing, row.dec_pointing), ref_ra=library.ra, ref_dec=library.dec, ref_mag=library[f"mag_{row.band}"], pixel_scale_deg=instrument.detector.pixel_scale_arcsec / 3600, cfg=pipeline_config.astrometry)
+    results = [photometer_frame(image, variance, mask, found.extraction, found.solution.wcs, library, band=row.band, gain=instrument.detector.gain_e_per_adu, cfg=dataclasses.replace(pipeline_config.photometry, psf_rebuild=rebuild)) for rebuild in (False, True)]
+    once, twice = results
+    assert twice.zero_point is not None and twice.solution.n_matched >= 0.9 * once.solution.n_matched
+    # a different ePSF scales every PSF flux alike: the zero point takes it, calibrated magnitudes agree
+    bright = (once.forced.flux / once.forced.flux_err > 50).values & (once.forced.flag == 0).values & (twice.forced.flag == 0).values
+    assert bright.sum() >= 10 and abs(np.median(twice.forced.mag.values[bright] - once.forced.mag.values[bright])) < 0.005
