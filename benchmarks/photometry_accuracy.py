@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from astropy.io import fits
-from truth_matching import sky_residuals_mas
+from truth_matching import aperture_correction_error_mmag, moffat_alpha, sky_residuals_mas
 
 from mstlake.astrom import frame as frame_kernel
 from mstlake.astrom import solve
@@ -54,7 +54,7 @@ def crlb_sigma_e(flux_e, fwhm_px, beta, sky_e, read_noise_e) -> np.ndarray:
     sub = (np.arange(4) + 0.5) / 4 - 0.5
     sky = np.broadcast_to(np.asarray(sky_e, float), np.shape(np.atleast_1d(flux_e)))
     for i, (f, w, background) in enumerate(zip(np.atleast_1d(flux_e), np.atleast_1d(fwhm_px), sky, strict=True)):
-        alpha = w / (2 * np.sqrt(2 ** (1 / beta) - 1))
+        alpha = float(moffat_alpha(w, beta))
         info = 0.0
         for phase in ((0.0, 0.0), (0.5, 0.5), (0.25, 0.0)):
             dx = grid[None, :, None, None] + sub[None, None, None, :] - phase[0]
@@ -131,17 +131,9 @@ def main() -> None:
             forced["calibrators"] = phot.zero_point.n_calibrators if phot.zero_point else 0
             forced["truly_cloudy"] = bool(tf.cloudy)
             if phot.aperture_correction is not None:
-                # the true correction of a (circular) Moffat with the star's true FWHM: its
-                # encircled energy between the best and the reference aperture
-                diameters = np.arange(2, 51, 2)
-                r_best, r_ref = diameters[phot.best_aperture] / 2, diameters[phot.reference_aperture] / 2
-                alpha = forced.fwhm_px.values / (2 * np.sqrt(2 ** (1 / float(tf.psf_beta)) - 1))
-                energy = lambda r: 1 - (1 + (r / alpha) ** 2) ** (1 - float(tf.psf_beta))  # noqa: E731
-                true_correction = -2.5 * np.log10(energy(r_ref) / energy(r_best))
-                fitted_correction = phot.aperture_correction(forced.x.values, forced.y.values)
-                apcorr_truth.append(1000 * float(np.sqrt(np.mean((fitted_correction - true_correction) ** 2))))
-                direct = phot.measured_correction(forced.x.values, forced.y.values)
-                apcorr_truth_direct.append(1000 * float(np.sqrt(np.mean((direct - true_correction) ** 2))))
+                beta = float(tf.psf_beta)
+                apcorr_truth.append(aperture_correction_error_mmag(phot, forced.x, forced.y, forced.fwhm_px, beta))
+                apcorr_truth_direct.append(aperture_correction_error_mmag(phot, forced.x, forced.y, forced.fwhm_px, beta, surface=phot.measured_correction))
             measurements.append(forced)
             apcorr = phot.measured_correction.rms * 1000 if phot.measured_correction is not None else float("nan")
             apcorr_rms.append(apcorr)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from astropy.io import fits
-from truth_matching import sky_residuals_mas
+from truth_matching import aperture_correction_error_mmag, sky_residuals_mas
 
 from mstlake.astrom import extract, solve
 from mstlake.config import load_instrument, load_pipeline
@@ -98,7 +98,7 @@ def main() -> None:
     total = sum(steps.values())
     # only the aperture sums (the growth curve and correction are not SExtractor's job)
     started = time.perf_counter()
-    ap.aperture_fluxes(image - found.background, variance, sources.x, sources.y, mask=(mask & ~np.uint8(4)) > 0)
+    ap.aperture_fluxes(image - found.background, variance, sources.x, sources.y, mask=extract.hidden_pixels(mask))
     aperture_only = time.perf_counter() - started
 
     workdir = Path(tempfile.mkdtemp(prefix="mstlake-sex-"))
@@ -120,11 +120,7 @@ def main() -> None:
     correction_error = None
     if phot.aperture_correction is not None:
         beta = float(pq.read_table(sim.frames).to_pandas().set_index("stem").loc[stem, "psf_beta"])
-        alpha = merged.fwhm_px.values / (2 * np.sqrt(2 ** (1 / beta) - 1))
-        r_best, r_ref = ap.DIAMETERS_PX[phot.best_aperture] / 2, ap.DIAMETERS_PX[phot.reference_aperture] / 2
-        energy = lambda r: 1 - (1 + (r / alpha) ** 2) ** (1 - beta)  # noqa: E731  (circular Moffat: the truth's FWHM and beta)
-        true_correction = -2.5 * np.log10(energy(r_ref) / energy(r_best))
-        correction_error = round(1000 * float(np.sqrt(np.mean((phot.aperture_correction(merged.x.values, merged.y.values) - true_correction) ** 2))), 2)
+        correction_error = round(aperture_correction_error_mmag(phot, merged.x, merged.y, merged.fwhm_px, beta), 2)
     out = {
         "frame_shape": [ny, nx], "detections": len(phot.sources), "forced_stars": len(phot.forced), "psf_stars": phot.psf_stars, "psf_degree": phot.psf.degree, "psf_oversampling": phot.psf.oversampling,
         "seconds_per_step": {k: round(v, 2) for k, v in steps.items()}, "seconds_total": round(total, 1),

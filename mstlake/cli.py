@@ -165,7 +165,7 @@ def demo(out_dir, seed, quiet):
         f"Tables: [cyan]{paths.lake.frames_table}[/], [cyan]{paths.lake.quarantine_table}[/], [cyan]{paths.lake.calibration_log_table}[/] (Parquet; pyarrow, pandas, DuckDB).\n"
         f"Calibrated cubes (Zarr v3, open with xarray.open_zarr): [cyan]{paths.lake.root / 'cubes'}[/]; masters: [cyan]{paths.lake.root / 'masters'}[/].\n"
         f"Astrometric solutions (TAN-SIP FITS headers per frame): [cyan]{paths.lake.astrometry_table}[/]; zero points, PSF and apertures per frame: [cyan]{paths.lake.photometry_table}[/].\n"
-        f"Detections and forced light-curve points per night: [cyan]{paths.lake.tables_dir / 'sources'}[/], [cyan]{paths.lake.tables_dir / 'forced_photometry'}[/].\n"
+        f"Detections and forced light-curve points per night: [cyan]{paths.lake.sources_dir}[/], [cyan]{paths.lake.forced_dir}[/].\n"
         f"Simulator truth: [cyan]{paths.simulation.truth}[/]."
     )
 
@@ -197,11 +197,11 @@ def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, f
     if report.usable:
         _calibrate(lake, config_dir, progress=progress, force=force)
         if field_cfg.reference is not None:
-            _astrometry(field_cfg, lake, config_dir, reference_base=reference_base or Path.cwd(), progress=progress)
+            _astrometry_and_photometry(field_cfg, lake, config_dir, reference_base=reference_base or Path.cwd(), progress=progress)
     return report
 
 
-def _astrometry(field_cfg, lake: LakePaths, config_dir, *, reference_base: Path, progress: bool):
+def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, reference_base: Path, progress: bool):
     from mstlake.lake.refcat import ReferenceCatalogueError, load_reference
     from mstlake.pipeline.static import measure_field
 
@@ -215,7 +215,7 @@ def _astrometry(field_cfg, lake: LakePaths, config_dir, *, reference_base: Path,
     console.print(
         f"astrometry: {result.solved} frames solved, {len(result.failed)} not ({len(reference)} reference stars); solutions in [cyan]{lake.astrometry_table}[/]\n"
         f"photometry: {result.calibrated} frames flux-calibrated ({len(result.cloudy)} flagged cloudy); zero points in [cyan]{lake.photometry_table}[/], "
-        f"detections and forced photometry in [cyan]{lake.tables_dir / 'sources'}[/] and [cyan]{lake.tables_dir / 'forced_photometry'}[/]"
+        f"detections and forced photometry in [cyan]{lake.sources_dir}[/] and [cyan]{lake.forced_dir}[/]"
     )
     for frame_id, reason in result.failed:
         err_console.print(f"[yellow]frame {frame_id} not solved:[/] {escape(str(reason))}", soft_wrap=True)

@@ -210,6 +210,10 @@ class PhotometryConfig:
     zero_point_clip_sigma: float
     cloudy_zero_point_rms: float  # mag: standards' scatter about the zero-point surface above this: cloudy
 
+    def __post_init__(self) -> None:
+        if self.aperture_correction not in ("model", "direct"):
+            raise ConfigError(f"photometry.aperture_correction must be \"model\" or \"direct\", not {self.aperture_correction!r}")
+
 
 @dataclass(frozen=True)
 class PipelineConfig:

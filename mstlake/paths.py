@@ -107,13 +107,21 @@ class LakePaths:
     def photometry_table(self) -> Path:
         return self.table("photometry")
 
+    @property
+    def sources_dir(self) -> Path:
+        return self.tables_dir / "sources"
+
+    @property
+    def forced_dir(self) -> Path:
+        return self.tables_dir / "forced_photometry"
+
     def sources_file(self, field: str, band: str, night: int) -> Path:
         """Every detection on the calibrated frames of one field, band and night (Parquet)."""
-        return self.tables_dir / "sources" / field / band / f"{night}.parquet"
+        return self.sources_dir / field / band / f"{night}.parquet"
 
     def forced_file(self, field: str, band: str, night: int) -> Path:
         """Forced photometry of the reference stars on one field, band and night (Parquet)."""
-        return self.tables_dir / "forced_photometry" / field / band / f"{night}.parquet"
+        return self.forced_dir / field / band / f"{night}.parquet"
 
     def reference_catalogue(self, field: str) -> Path:
         """The field's reference catalogue, cut to the field with a margin (Parquet)."""

@@ -41,6 +41,12 @@ def test_wrong_type_is_an_error(tmp_path):
         cfg.load_pipeline(directory)
 
 
+def test_an_unknown_aperture_correction_method_is_an_error(tmp_path):
+    directory = _copy_config(tmp_path, lambda text: text.replace('aperture_correction = "model"', 'aperture_correction = "modle"'))
+    with pytest.raises(cfg.ConfigError, match='"model" or "direct"'):
+        cfg.load_pipeline(directory)
+
+
 def test_unknown_field_lists_known_ones():
     with pytest.raises(cfg.ConfigError, match="known fields: .*f02"):
         cfg.load_field("f99")

@@ -15,6 +15,8 @@ import pandas as pd
 import sep
 from scipy.spatial import cKDTree
 
+from mstlake.calib.apply import PEPPER_SALT
+
 # flag bits beyond sep's own (1 crowded, 2 merged, 4 saturated, 8 truncated, ...)
 MASKED = 512  # a masked pixel within 2 px of the centroid (bad, saturated, PS, track, cosmic ray)
 NEIGHBOUR = 1024  # another source within 3 FWHM: its light is inside the centroid window
@@ -28,13 +30,19 @@ class Extraction:
     background_noise: np.ndarray  # float32 map of the background's rms (sigma-clipped, no sources)
 
 
-def extract_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *, thresh: float = 3.0, minarea: int = 5, deblend_nthresh: int = 32, deblend_cont: float = 0.005, ignore_bits: int = 4) -> Extraction:
+def hidden_pixels(mask: np.ndarray, ignore_bits: int = PEPPER_SALT) -> np.ndarray:
+    """The pixels measurements leave out: any mask bit but ``ignore_bits`` (by default the
+    pepper-and-salt pixels, whose variance already says how far to trust them)."""
+    return (np.asarray(mask) & ~np.uint8(ignore_bits)) > 0
+
+
+def extract_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *, thresh: float = 3.0, minarea: int = 5, deblend_nthresh: int = 32, deblend_cont: float = 0.005, ignore_bits: int = PEPPER_SALT) -> Extraction:
     """Detect and measure the sources of a calibrated ``image`` (ADU) with its ``variance`` and
     uint8 ``mask``. Mask bits in ``ignore_bits`` (default: pepper-and-salt, whose variance already
     says how far to trust them) do not hide pixels. Columns: x, y (windowed, 0-based), x_iso, y_iso,
     flux (in 2.5 isophotal semi-axes), peak, npix, a, b, theta, fwhm, ellipticity, snr, flag."""
     image = np.ascontiguousarray(image, dtype=np.float32)
-    hidden = (np.asarray(mask) & ~np.uint8(ignore_bits)) > 0
+    hidden = hidden_pixels(mask, ignore_bits)
     background = sep.Background(image, mask=hidden)
     back = background.back()
     residual = image - back

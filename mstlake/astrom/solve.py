@@ -38,6 +38,13 @@ class Solution:
     residual_x_px: np.ndarray  # source minus projected reference, per match
     residual_y_px: np.ndarray
     parity: int  # of the pixel -> standard-coordinate map: +1 puts east to the right of north, as a mirror does; a sky image as normally seen is -1
+    matched_x_px: np.ndarray  # the matched sources' positions
+    matched_y_px: np.ndarray
+    shape: tuple[int, int]
+
+    def residual_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """Median residuals (x, y, px) of the matched stars per detector cell (``residual_map``)."""
+        return residual_map(self.matched_x_px, self.matched_y_px, self.residual_x_px, self.residual_y_px, self.shape)
 
 
 def standard_coordinates(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +131,7 @@ def refine(wcs: WCS, x, y, ref_ra, ref_dec, *, shape: tuple[int, int], sip_degre
             dx, dy = x[src_idx] - fx, y[src_idx] - fy
             rms = np.sqrt(np.mean(dx**2 + dy**2) / 2)
         radius = max(5.0 * rms, 1.0)
-    return Solution(wcs, float(np.std(dx)), float(np.std(dy)), len(ref_idx), src_idx, ref_idx, dx, dy, parity)
+    return Solution(wcs, float(np.std(dx)), float(np.std(dy)), len(ref_idx), src_idx, ref_idx, dx, dy, parity, x[src_idx], y[src_idx], (ny, nx))
 
 
 def project(wcs: WCS, ra: np.ndarray, dec: np.ndarray, shape: tuple[int, int], margin: float = 50.0) -> tuple[np.ndarray, np.ndarray]:

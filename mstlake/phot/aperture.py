@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import sep
 
+from mstlake.phot.stamps import cutout_index
 from mstlake.phot.surface import Surface, fit_surface
 
 DIAMETERS_PX = tuple(float(d) for d in range(2, 51, 2))
@@ -60,7 +61,6 @@ def aperture_fluxes(residual: np.ndarray, variance: np.ndarray, x, y, *, mask: n
 
 def _ring_sums(data, var, hidden, x, y, radii: np.ndarray, chunk: int = 3000):
     """Flux, variance and masked flag within integer ``radii`` for every star, from one cutout."""
-    ny, nx = data.shape
     top = int(radii.max())
     half = top + 1
     offsets = np.arange(-half, half + 1)
@@ -73,8 +73,7 @@ def _ring_sums(data, var, hidden, x, y, radii: np.ndarray, chunk: int = 3000):
         n = xs.size
         rows = np.rint(ys).astype(int)[:, None] + offsets
         cols = np.rint(xs).astype(int)[:, None] + offsets
-        inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
-        flat = np.clip(rows, 0, ny - 1)[:, :, None] * nx + np.clip(cols, 0, nx - 1)[:, None, :]
+        flat, inside = cutout_index(data.shape, rows, cols)
         dx = (cols - xs[:, None]).astype(np.float32)[:, None, :]
         dy = (rows - ys[:, None]).astype(np.float32)[:, :, None]
         distance = np.sqrt(dx * dx + dy * dy)

@@ -26,13 +26,12 @@ import sep
 from scipy.spatial import cKDTree
 
 from mstlake.astrom import extract, solve
+from mstlake.calib.apply import PEPPER_SALT
 from mstlake.config import PhotometryConfig
 from mstlake.phot import aperture as ap
 from mstlake.phot import psf as psf_kernels
 from mstlake.phot.surface import Surface
 from mstlake.phot.zeropoint import ZeroPoint, ZeroPointError, fit_zero_point
-
-PS_BIT = 4
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,6 @@ class FramePhotometry:
     psf_stars: int
     aperture_fluxes: ap.ApertureFluxes  # of every detection, rows as in sources
     solution: solve.Solution  # the WCS refined with the PSF centroids
-    residual_map: tuple[np.ndarray, np.ndarray]  # that fit's median residuals per cell (solve.residual_map), px
     zero_point: ZeroPoint | None
     zero_point_problem: str | None
     cloudy: bool  # the standards scatter about the smooth zero point more than clear sky allows
@@ -58,7 +56,7 @@ def background_variance(variance: np.ndarray, mask: np.ndarray, background_noise
     squared (sky, read noise and the faint stars nobody detects), with pepper-and-salt pixels'
     larger variance from the variance plane kept."""
     noise = np.square(background_noise, dtype=np.float32)
-    telegraph = np.flatnonzero(np.asarray(mask).reshape(-1) & PS_BIT)
+    telegraph = np.flatnonzero(np.asarray(mask).reshape(-1) & PEPPER_SALT)
     flat = noise.reshape(-1)
     flat[telegraph] = np.maximum(np.asarray(variance).reshape(-1)[telegraph], flat[telegraph])
     return noise
@@ -72,7 +70,7 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     clock = _Laps(timings)
     image = np.asarray(image, np.float32)
     ny, nx = image.shape
-    hidden = (np.asarray(mask) & ~np.uint8(PS_BIT)) > 0
+    hidden = extract.hidden_pixels(mask)
     residual = image - extraction.background
     noise = background_variance(variance, mask, extraction.background_noise)
     sources = extraction.sources.reset_index(drop=True)
@@ -106,10 +104,10 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     clean = (sources.flag.values & ~extract.NEIGHBOUR) == 0
     use = clean & psf_ok & (fit.flag & psf_kernels.PSF_POOR_FIT == 0) & np.isfinite(fit.x)
     solution = solve.refine(wcs, fit.x[use], fit.y[use], reference.ra.values, reference.dec.values, shape=(ny, nx), sip_degree=sip_degree, match_radius_px=2.0, clip_sigma=clip_sigma)
-    fitted_x, fitted_y = fit.x[use][solution.source_index], fit.y[use][solution.source_index]
-    residuals = solve.residual_map(fitted_x, fitted_y, solution.residual_x_px, solution.residual_y_px, (ny, nx))
-    ra, dec = solution.wcs.all_pix2world(np.where(psf_ok, fit.x, sources.x), np.where(psf_ok, fit.y, sources.y), 0)
-    sources = sources.assign(ra=ra, dec=dec)
+    # the adopted positions: the PSF fit's where it converged, else the windowed centroid
+    det_x, det_y = np.where(psf_ok, fit.x, sources.x), np.where(psf_ok, fit.y, sources.y)
+    ra, dec = solution.wcs.all_pix2world(det_x, det_y, 0)
+    sources = sources.assign(x_best=det_x, y_best=det_y, ra=ra, dec=dec)
 
     clock.lap("wcs_refit")
     # forced photometry at the catalogue positions; unmatched detections stay in the model
@@ -117,7 +115,6 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     on_frame = np.isfinite(rx) & np.isfinite(ry) & (rx > -0.5) & (rx < nx - 0.5) & (ry > -0.5) & (ry < ny - 0.5)
     ref = reference[on_frame].reset_index(drop=True)
     rx, ry = rx[on_frame], ry[on_frame]
-    det_x, det_y = np.where(psf_ok, fit.x, sources.x), np.where(psf_ok, fit.y, sources.y)
     matched_detection = np.full(len(ref), -1)
     if len(ref) and len(sources):
         distance, nearest = cKDTree(np.column_stack([det_x, det_y])).query(np.column_stack([rx, ry]), distance_upper_bound=cfg.forced_match_radius_px)
@@ -179,7 +176,7 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
         sources = sources.assign(mag_ap_best_inst=mag_ap[:, best], mag_ap_best_err=mag_ap_err[:, best], mag_ap=mag_ap[:, best] + apcorr + zp_sources)
     clock.lap("zero_point")
     cloudy = zero_point is None or zero_point.rms > cfg.cloudy_zero_point_rms
-    return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, residuals, zero_point, problem, cloudy, best, reference_index, correction, measured_correction)
+    return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, zero_point, problem, cloudy, best, reference_index, correction, measured_correction)
 
 
 class _Laps:

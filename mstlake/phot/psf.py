@@ -5,9 +5,9 @@ than the pixels, built from bright isolated stars, with each grid node a low-ord
 the star's position on the detector (like DAOPHOT's and PSFEx's variable PSFs). Nothing about its
 shape is assumed, so it fits whatever the optics make (Moffat wings, coma, astigmatism).
 
-Evaluation goes through precomputed *phase stamps*: for each polynomial term, the model on the
-native pixel grid for 16 x 16 sub-pixel phases (cubic-spline interpolation of the fine grid, once
-per frame), blended bilinearly in phase for each star. That makes tens of thousands of stars cheap.
+Evaluation goes through precomputed *phase stamps*: per detector cell, the model on the native
+pixel grid for 16 x 16 sub-pixel phases (cubic-spline interpolation of the fine grid, once per
+frame), blended bilinearly in phase for each star. That makes tens of thousands of stars cheap.
 
 Photometry fits every star at once, Jacobi-style: all stars' models are rendered into one image,
 and each star is refitted on the image with every *other* star subtracted (its neighbours' light
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from mstlake.phot.stamps import cutout_index, scatter_into
 from mstlake.phot.surface import n_terms as count_terms
 from mstlake.phot.surface import poly_terms
 
@@ -92,7 +93,7 @@ class PhaseStamps:
         weights = poly_terms(gx_.ravel(), gy_.ravel(), psf.centre, psf.scale, psf.degree)  # (cells, K)
 
         def tabulate(grids) -> np.ndarray:
-            per_term = np.stack([ndimage.map_coordinates(ndimage.spline_filter(g, order=3, mode="constant"), [cy, cx], order=3, prefilter=False, mode="constant") for g in grids])
+            per_term = np.stack([_spline_at(g, cy, cx) for g in grids])
             return np.tensordot(weights, per_term, axes=1).astype(np.float32)
 
         values = tabulate(psf.basis)
@@ -131,29 +132,6 @@ class PhaseStamps:
         return rows, cols, blend(self.values)
 
 
-def _gather(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel values at (rows x cols) for each star (n, s, s) and whether each lies on the image."""
-    ny, nx = image.shape
-    inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
-    flat = np.clip(rows, 0, ny - 1)[:, :, None] * nx + np.clip(cols, 0, nx - 1)[:, None, :]
-    return image.reshape(-1)[flat], inside
-
-
-def _scatter_into(image: np.ndarray, rows, cols, values) -> None:
-    """Add the stamps ``values`` (n, s, s) placed at (rows x cols) to ``image`` in place; stars
-    sorted by row keep the touched range (and the bincount) small."""
-    ny, nx = image.shape
-    inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
-    flat = (rows[:, :, None] * nx + cols[:, None, :])[inside]
-    if flat.size == 0:
-        return
-    low, high = int(flat.min()), int(flat.max())
-    if high - low > 16 * flat.size:  # few stars spread wide: a dense bincount would sweep the image
-        np.add.at(image.reshape(-1), flat, values[inside])
-    else:
-        image.reshape(-1)[low : high + 1] += np.bincount(flat - low, weights=values[inside], minlength=high - low + 1)
-
-
 # --------------------------------------------------------------------------------------------------
 # building the model
 
@@ -165,6 +143,7 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
     needs samples from enough stars). Each of ``iterations`` runs ``passes`` model corrections,
     then refits the stars' positions and fluxes and drops those the model does not fit."""
     x, y, flux = (np.asarray(a, float).copy() for a in (x, y, flux))
+    hidden = np.asarray(hidden, bool)
     ny, nx = residual.shape
     n_stars = x.size
     if n_stars < 5:
@@ -182,10 +161,9 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
 
     def cutouts(x, y):
         rows, cols = np.rint(y).astype(int)[:, None] + offsets, np.rint(x).astype(int)[:, None] + offsets
-        data, inside = _gather(residual, rows, cols)
-        masked, _ = _gather(hidden, rows, cols)
-        noise, _ = _gather(background_variance, rows, cols)
-        return rows, cols, data, noise, inside & ~masked.astype(bool) & (noise > 0), poly_terms(x, y, centre, scale, degree)
+        flat, inside = cutout_index(residual.shape, rows, cols)
+        data, masked, noise = (a.reshape(-1)[flat] for a in (residual, hidden, background_variance))
+        return rows, cols, data, noise, inside & ~masked & (noise > 0), poly_terms(x, y, centre, scale, degree)
 
     rows, cols, data, noise, usable, terms = cutouts(x, y)
     basis = np.zeros((n_terms, n_nodes, n_nodes))
@@ -239,11 +217,12 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
 def _evaluate_samples(basis: np.ndarray, terms: np.ndarray, fx: np.ndarray, fy: np.ndarray) -> np.ndarray:
     """The model at fine-grid coordinates (fx, fy) for samples whose stars have polynomial terms
     ``terms`` (n, K)."""
-    out = np.zeros(fx.size)
-    for k in range(basis.shape[0]):
-        spline = ndimage.spline_filter(basis[k], order=3, mode="constant")
-        out += terms[:, k] * ndimage.map_coordinates(spline, [fy, fx], order=3, prefilter=False, mode="constant")
-    return out
+    return sum(terms[:, k] * _spline_at(grid, fy, fx) for k, grid in enumerate(basis))
+
+
+def _spline_at(grid: np.ndarray, rows, cols) -> np.ndarray:
+    """Cubic-spline interpolation of a fine grid at fractional (rows, cols); zero outside."""
+    return ndimage.map_coordinates(ndimage.spline_filter(grid, order=3, mode="constant"), [rows, cols], order=3, prefilter=False, mode="constant")
 
 
 def _node_fit(node, target, weight, terms, n_nodes: int, clip_sigma: float) -> np.ndarray:
@@ -333,6 +312,7 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
     noise decide their weights. ``fit_position`` (bool per star) chooses Gauss-Newton (flux, x, y)
     or a linear flux fit at the given position (flux then may be negative)."""
     n = np.size(x)
+    hidden = np.asarray(hidden, bool)
     order = np.argsort(np.asarray(y, float), kind="stable")  # row order: compact scatters
     x, y = np.asarray(x, float)[order], np.asarray(y, float)[order]
     flux = np.nan_to_num(np.asarray(flux, float), nan=0.0)[order]
@@ -355,21 +335,19 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
         wide = np.abs(flux) > wing_limit
         for c, stamp in zip(chunks, stamps, strict=True):
             narrow = ~wide[c]
-            _scatter_into(model, stamp[0][narrow], stamp[1][narrow], flux[c][narrow, None, None] * stamp[2][narrow])
+            scatter_into(model, stamp[0][narrow], stamp[1][narrow], flux[c][narrow, None, None] * stamp[2][narrow])
         if wide.any():
             index = np.flatnonzero(wide)
             for part in _chunks(index.size, 2_000):
                 rows, cols, p = big.evaluate(x[index[part]], y[index[part]])
-                _scatter_into(model, rows, cols, flux[index[part], None, None] * p)
+                scatter_into(model, rows, cols, flux[index[part], None, None] * p)
         last = iteration == iterations - 1
         for k, c in enumerate(chunks):
             rows, cols, p = stamps[k][:3]
-            data, inside = _gather(residual, rows, cols)
-            others, _ = _gather(model, rows, cols)
+            flat, inside = cutout_index(shape, rows, cols)
+            data, others, masked, var = (a.reshape(-1)[flat] for a in (residual, model, hidden, background_variance))
             data = data - others + flux[c, None, None] * p  # every other star out, this one back in
-            masked, _ = _gather(hidden, rows, cols)
-            var, _ = _gather(background_variance, rows, cols)
-            usable = inside & ~masked.astype(bool) & (var > 0)
+            usable = inside & ~masked & (var > 0)
             if gain is not None:
                 var = var + np.maximum(flux[c, None, None] * p, 0) / gain
             w = np.where(usable, 1.0 / np.where(var > 0, var, 1.0), 0.0)
@@ -403,7 +381,7 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
                 error[c] = np.where(spp > 0, 1.0 / np.sqrt(np.where(spp > 0, spp, 1.0)), np.nan)
                 central = np.abs(np.arange(-fit_half, fit_half + 1)) <= 1
                 core = central[:, None] & central[None, :]
-                flag[c] = (np.where((masked.astype(bool) & core).any(axis=(1, 2)), PSF_MASKED, 0) | np.where((~inside).any(axis=(1, 2)), PSF_EDGE, 0)
+                flag[c] = (np.where((masked & core).any(axis=(1, 2)), PSF_MASKED, 0) | np.where((~inside).any(axis=(1, 2)), PSF_EDGE, 0)
                            | np.where(npix[c] == 0, PSF_NOT_CONVERGED, 0))
             flux[c] = np.nan_to_num(new_flux, nan=0.0)
     flag |= np.where(np.hypot(x - start_x, y - start_y) > 1.0, PSF_NOT_CONVERGED, 0).astype(np.int32)
@@ -439,7 +417,7 @@ def model_image(shape, psf: EffectivePSF, x, y, flux) -> np.ndarray:
     for part in _chunks(chosen.size, 2_000):
         idx = chosen[part]
         rows, cols, p = stamps.evaluate(x[idx], y[idx])
-        _scatter_into(out, rows, cols, flux[idx, None, None] * p)
+        scatter_into(out, rows, cols, flux[idx, None, None] * p)
     return out
 
 

@@ -65,13 +65,12 @@ def _measure_cube_frame(store, index, keys, pointing, reference, band, pixel_sca
         return {**keys, **_UNSOLVED, "reason": reason}, {**keys, **_NO_PHOTOMETRY, "reason": f"not solved: {reason}"}, None, None
     try:
         measured = photometer_frame(image, variance, mask, found.extraction, found.solution.wcs, reference, band=band, gain=gain, cfg=photometry_cfg)
-        solution, residuals = measured.solution, measured.residual_map
+        solution = measured.solution
     except Exception as err:  # keep the blind solution; say why there is no photometry
         measured, solution = None, found.solution
-        matched = found.fitted.iloc[solution.source_index]
-        residuals = solve.residual_map(matched.x, matched.y, solution.residual_x_px, solution.residual_y_px, image.shape)
         photometry_row = {**keys, **_NO_PHOTOMETRY, "reason": f"{type(err).__name__}: {err}"}
     mas = pixel_scale_deg * 3.6e6
+    residuals = solution.residual_map()
     astrometry_row = {
         **keys, "n_sources": len(found.extraction.sources), "status": "solved", "reason": None, "wcs_header": solution.wcs.to_header(relax=True).tostring(),
         "rms_x_mas": solution.rms_x_px * mas, "rms_y_mas": solution.rms_y_px * mas, "n_matched": solution.n_matched, "mirrored": found.mirrored,
@@ -85,7 +84,10 @@ def _measure_cube_frame(store, index, keys, pointing, reference, band, pixel_sca
 
 def _photometry_row(keys: dict, measured: FramePhotometry) -> dict:
     zp, correction = measured.zero_point, measured.aperture_correction
-    diameter = (lambda i: None if i is None else float(ap.DIAMETERS_PX[i]))  # noqa: E731
+
+    def diameter(index):
+        return None if index is None else float(ap.DIAMETERS_PX[index])
+
     return {
         **keys, "status": "calibrated" if zp is not None else "uncalibrated", "reason": measured.zero_point_problem,
         "n_sources": len(measured.sources), "n_forced": len(measured.forced), "psf_fwhm_px": measured.psf.fwhm, "psf_stars": measured.psf_stars, "psf_degree": measured.psf.degree,
@@ -98,15 +100,14 @@ def _photometry_row(keys: dict, measured: FramePhotometry) -> dict:
 
 def _sources_table(frame_id: int, measured: FramePhotometry) -> pa.Table:
     s = measured.sources
-    fitted = np.isfinite(s.x_psf.values) & ((s.flag_psf.values & 8) == 0)
     columns = {
-        "frame_id": np.full(len(s), frame_id), "x": np.where(fitted, s.x_psf, s.x), "y": np.where(fitted, s.y_psf, s.y), "ra": s.ra, "dec": s.dec,
+        "frame_id": np.full(len(s), frame_id), "x": s.x_best, "y": s.y_best, "ra": s.ra, "dec": s.dec,
         "flux_psf": s.flux_psf, "flux_psf_err": s.flux_psf_err, "chi2_psf": s.chi2_psf, "flag_psf": s.flag_psf, "mag_psf": s.mag_psf, "mag_psf_err": s.mag_psf_inst_err,
         "flux_ap": measured.aperture_fluxes.flux.astype(np.float32), "flux_ap_err": measured.aperture_fluxes.flux_err.astype(np.float32),
         "mag_ap": s.mag_ap if "mag_ap" in s else np.full(len(s), np.nan), "mag_ap_err": s.mag_ap_best_err if "mag_ap_best_err" in s else np.full(len(s), np.nan),
         "snr": s.snr, "fwhm": s.fwhm, "a": s.a, "b": s.b, "theta": s.theta, "flag": s.flag,
     }
-    return load_schema("sources").from_columns({k: _nulls(v) for k, v in columns.items()})
+    return load_schema("sources").from_columns(columns)
 
 
 def _forced_table(frame_id: int, measured: FramePhotometry, reference) -> pa.Table:
@@ -117,15 +118,7 @@ def _forced_table(frame_id: int, measured: FramePhotometry, reference) -> pa.Tab
         "flux": f.flux, "flux_err": f.flux_err, "chi2": f.chi2, "flag": f.flag, "detected": f.detection.values >= 0, "zero_point": zero_point,
         "mag": f.mag_inst.values + zero_point, "mag_err": f.mag_inst_err,
     }
-    return load_schema("forced_photometry").from_columns({k: _nulls(v) for k, v in columns.items()})
-
-
-def _nulls(values):
-    """NaN -> null for float columns (Parquet readers then see missing values as missing)."""
-    values = np.asarray(values)
-    if values.dtype.kind == "f" and values.ndim == 1:
-        return pa.array(values, from_pandas=True)
-    return values
+    return load_schema("forced_photometry").from_columns(columns)
 
 
 def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, progress: bool = True) -> StaticResult:
@@ -134,7 +127,7 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     table = reference.to_pandas() if isinstance(reference, pa.Table) else pd.DataFrame(reference)
     pixel_scale_deg = instrument.detector.pixel_scale_arcsec / 3600
     gain = instrument.detector.gain_e_per_adu
-    per_cube = []
+    per_cube, n_frames = [], 0
     for _, band, night, store in lake.field_cubes(field):
         tasks = []
         for index, frame_id in enumerate(cubes.open_store(store).frame_id.values):
@@ -142,8 +135,8 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
             keys = {"frame_id": int(frame_id), "field": field, "band": band, "night": night}
             pointing = (float(row.ra_pointing), float(row.dec_pointing))
             tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, table, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
+        n_frames += len(tasks)
         per_cube.append(dask.delayed(_write_night)(lake, field, band, night, store, tasks, dask_key_name=f"static-night-{field}-{band}-{night}"))
-    n_frames = sum(len(cubes.open_store(store).frame_id) for *_, store in lake.field_cubes(field))
     with dask_progress("astrometry and photometry", n_frames, key_prefix="static-frame-", enabled=progress):
         nights = list(dask.compute(*per_cube, scheduler=astrometry_cfg.scheduler, num_workers=astrometry_cfg.workers))
     astrometry_rows = [row for night in nights for row in night[0]]
