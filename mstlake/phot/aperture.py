@@ -34,7 +34,7 @@ class ApertureFluxes:
 def aperture_fluxes(residual: np.ndarray, variance: np.ndarray, x, y, *, mask: np.ndarray | None = None, diameters=DIAMETERS_PX, exact_up_to_px: float = 20.0) -> ApertureFluxes:
     """Sums in circular apertures centred on (x, y) (0-based) of a background-subtracted image.
 
-    Apertures up to ``exact_up_to_px`` in diameter: sep with 5x5 sub-pixels. Larger ones with
+    Apertures up to ``exact_up_to_px`` in diameter: sep, exact pixel overlaps. Larger ones with
     integer radii: one pass over each star's cutout, a pixel counting in full inside r - 1/2 of
     its centre's distance and by the linear share (r + 1/2 - d) across the edge (0.1% of the
     area's edge from exact at r > 10, where a star's light per pixel is < 1e-4 of its flux;
@@ -50,7 +50,7 @@ def aperture_fluxes(residual: np.ndarray, variance: np.ndarray, x, y, *, mask: n
     radii = diameters / 2
     ringed = (diameters > exact_up_to_px) & (radii == np.round(radii))
     for k in np.flatnonzero(~ringed):
-        f, e, flag = sep.sum_circle(data, x, y, radii[k], var=var, mask=hidden, subpix=5)
+        f, e, flag = sep.sum_circle(data, x, y, radii[k], var=var, mask=hidden, subpix=0)
         flux[:, k], error[:, k] = f, e
         masked[:, k] = (flag & (sep.APER_HASMASKED | sep.APER_TRUNC)) > 0
     if ringed.any() and x.size:

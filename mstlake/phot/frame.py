@@ -201,10 +201,14 @@ def neighbour_free_apertures(residual, variance, hidden, model: psf_kernels.Effe
     under bright stars, and 2000 px of a large aperture multiply any such offset. Returns these
     fluxes and those of the stars' own models alone."""
     x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
-    others_removed = psf_kernels.subtract_stars(residual, model, x, y, flux)
+    inner, outer = max(ap.DIAMETERS_PX) / 2 + 2, max(ap.DIAMETERS_PX) / 2 + 10
+    # only the stars whose models reach a sample star's background annulus matter
+    reach = outer + model.half * np.sqrt(2) + 1
+    nearby = cKDTree(np.column_stack([x[sample], y[sample]])).query(np.column_stack([x, y]), distance_upper_bound=reach)[0]
+    near = np.isfinite(nearby)
+    others_removed = psf_kernels.subtract_stars(residual, model, x[near], y[near], flux[near])
     others_removed[hidden] = 0.0
     around = ap.aperture_fluxes(others_removed, variance, x[sample], y[sample])
-    inner, outer = max(ap.DIAMETERS_PX) / 2 + 2, max(ap.DIAMETERS_PX) / 2 + 10
     ring, _, _ = sep.sum_circann(np.ascontiguousarray(others_removed, dtype=np.float32), x[sample], y[sample], inner, outer, subpix=1)
     local = ring / (np.pi * (outer**2 - inner**2))
     around = ap.ApertureFluxes(around.diameters, around.flux - local[:, None] * np.pi * (around.diameters[None, :] / 2) ** 2, around.flux_err, around.masked)

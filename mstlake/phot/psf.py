@@ -9,8 +9,8 @@ Evaluation goes through precomputed *phase stamps*: per detector cell, the model
 pixel grid for 16 x 16 sub-pixel phases (cubic-spline interpolation of the fine grid, once per
 frame), blended bilinearly in phase for each star. That makes tens of thousands of stars cheap.
 
-Photometry fits every star at once, Jacobi-style: all stars' models are rendered into one image,
-and each star is refitted on the image with every *other* star subtracted (its neighbours' light
+Photometry fits every star at once: all stars' models are rendered into one image (updated as
+the fits change), and each star is refitted on the image with every *other* star subtracted (its neighbours' light
 is then not in its flux, its centroid or its growth curve). Stars marked ``fit_position`` get
 Gauss-Newton updates of (flux, x, y); the rest (faint detections, forced photometry at catalogue
 positions) get the linear flux fit at a fixed position, which can be negative.
@@ -18,7 +18,7 @@ positions) get the linear flux fit at a fixed position, which can be negative.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -48,13 +48,20 @@ class EffectivePSF:
     scale: float
     degree: int
     fwhm: float  # at the detector centre, px
+    # phase stamps made from this model, by (half, with derivatives): one frame asks for the same
+    # few several times (photometry, forced photometry, star subtraction)
+    _stamps: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def grid_at(self, x: float, y: float) -> np.ndarray:
         """The fine-grid model at one detector position."""
         return np.tensordot(poly_terms([x], [y], self.centre, self.scale, self.degree)[0], self.basis, axes=1)
 
     def phase_stamps(self, half: int, *, derivatives: bool = True) -> PhaseStamps:
-        return PhaseStamps.from_psf(self, half, derivatives=derivatives)
+        half = min(half, self.half)
+        made = self._stamps.get((half, True)) or (None if derivatives else self._stamps.get((half, False)))
+        if made is None:
+            made = self._stamps[(half, derivatives)] = PhaseStamps.from_psf(self, half, derivatives=derivatives)
+        return made
 
 
 CELL_PX = 600  # the spatially varying model is tabulated per detector cell of about this size ...
@@ -90,11 +97,11 @@ class PhaseStamps:
         cell_y = (np.arange(cells[0]) + 0.5) * ny / cells[0] - 0.5
         cell_x = (np.arange(cells[1]) + 0.5) * nx / cells[1] - 0.5
         gx_, gy_ = np.meshgrid(cell_x, cell_y)
-        weights = poly_terms(gx_.ravel(), gy_.ravel(), psf.centre, psf.scale, psf.degree)  # (cells, K)
+        weights = poly_terms(gx_.ravel(), gy_.ravel(), psf.centre, psf.scale, psf.degree).astype(np.float32)  # (cells, K)
 
         def tabulate(grids) -> np.ndarray:
-            per_term = np.stack([_spline_at(g, cy, cx) for g in grids])
-            return np.tensordot(weights, per_term, axes=1).astype(np.float32)
+            per_term = np.stack([_spline_at(g, cy, cx).astype(np.float32) for g in grids])
+            return np.tensordot(weights, per_term, axes=1)
 
         values = tabulate(psf.basis)
         d_dx = d_dy = None
@@ -190,14 +197,14 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
         node = node[on_grid]
         star_flux = np.broadcast_to(flux[:, None, None], data.shape)[sel]
         star_terms = np.broadcast_to(terms[:, None, None, :], data.shape + (n_terms,))[sel]
-        sample_terms = np.tile(star_terms, (copies, 1))[on_grid]
+        sample_star = np.tile(np.broadcast_to(np.arange(n_stars)[:, None, None], data.shape)[sel], copies)[on_grid]
         for correction_pass in range(passes):
             current = _evaluate_samples(basis, star_terms, fx, fy) if (correction_pass or iteration) else np.zeros(fx.size)
             # photon weights, capped at a 0.2% model error so that no single bright star owns a node
             photons = np.maximum(star_flux * (current if (correction_pass or iteration) else normalised[sel]), 0) / gain if gain else 0.0
             weight = 1.0 / ((noise[sel] + photons).clip(1e-12) / star_flux**2 + (0.002 * np.abs(normalised[sel])) ** 2 + 1e-12)
             target = normalised[sel] - current
-            correction = _node_fit(node, np.tile(target, copies)[on_grid], (np.tile(weight, copies) * kernel)[on_grid], sample_terms, n_nodes, clip_sigma)
+            correction = _node_fit(node, np.tile(target, copies)[on_grid], (np.tile(weight, copies) * kernel)[on_grid], sample_star, terms, n_nodes, clip_sigma)
             basis = _tidy(basis + correction, fwhm * oversampling, oversampling)
         # refit the stars' fluxes and positions with the new model; drop the ones it does not fit
         psf = EffectivePSF(basis, oversampling, half, centre, scale, degree, fwhm)
@@ -225,27 +232,30 @@ def _spline_at(grid: np.ndarray, rows, cols) -> np.ndarray:
     return ndimage.map_coordinates(ndimage.spline_filter(grid, order=3, mode="constant"), [rows, cols], order=3, prefilter=False, mode="constant")
 
 
-def _node_fit(node, target, weight, terms, n_nodes: int, clip_sigma: float) -> np.ndarray:
+def _node_fit(node, target, weight, star, star_terms, n_nodes: int, clip_sigma: float) -> np.ndarray:
     """Per fine-grid node, the weighted least-squares polynomial (in star position) through the
-    samples that fall on it, clipped once at ``clip_sigma`` robust sigma; nodes with too few
+    samples that fall on it (sample i from star ``star[i]``, whose polynomial terms are
+    ``star_terms[star[i]]``), clipped once at ``clip_sigma`` robust sigma; nodes with too few
     samples are filled from their neighbours. Returns (K, n_nodes, n_nodes)."""
     total = n_nodes * n_nodes
-    n_terms = terms.shape[1]
+    n_stars, n_terms = star_terms.shape
+    # a star's terms are the same for all its samples, so the normal equations of a node need only
+    # each star's summed weight (and weighted target) on it: two bincounts instead of one per term pair
+    node_star = node * n_stars + star
+    outer = (star_terms[:, :, None] * star_terms[:, None, :]).reshape(n_stars, n_terms * n_terms)
     keep = np.ones(node.size, bool)
     for _ in range(2):
         w = weight * keep
-        normal = np.empty((total, n_terms, n_terms))
-        rhs = np.empty((total, n_terms))
-        for a in range(n_terms):
-            rhs[:, a] = np.bincount(node, weights=w * terms[:, a] * target, minlength=total)
-            for b in range(a, n_terms):
-                normal[:, a, b] = normal[:, b, a] = np.bincount(node, weights=w * terms[:, a] * terms[:, b], minlength=total)
+        summed_weight = np.bincount(node_star, weights=w, minlength=total * n_stars).reshape(total, n_stars)
+        summed_target = np.bincount(node_star, weights=w * target, minlength=total * n_stars).reshape(total, n_stars)
+        normal = (summed_weight @ outer).reshape(total, n_terms, n_terms)
+        rhs = summed_target @ star_terms
         support = np.bincount(node, weights=keep * (weight > 0) * 1.0, minlength=total)
         ok = support >= 3 * n_terms
         ridge = 1e-9 * np.trace(normal, axis1=1, axis2=2)[:, None, None] * np.eye(n_terms)
         solution = np.zeros((total, n_terms))
         solution[ok] = np.linalg.solve(normal[ok] + ridge[ok], rhs[ok][..., None])[..., 0]
-        fitted = np.einsum("nk,nk->n", terms, solution[node])
+        fitted = np.einsum("nk,nk->n", star_terms[star], solution[node])
         pull = (target - fitted) * np.sqrt(weight)
         spread = 1.4826 * np.median(np.abs(pull[keep])) if keep.any() else 1.0
         keep = np.abs(pull) <= clip_sigma * max(spread, 1.0)  # pulls are in noise units: never clip tighter
@@ -329,18 +339,23 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
     chunks = _chunks(n, 20_000)
     stamps = [small.evaluate(x[c], y[c], derivatives=moving_any) for c in chunks]  # fixed stars keep theirs
     wing_limit = _wing_limit(psf, small.half, background_variance) if big is not None else np.inf
-    model = np.zeros(shape)  # reused: a full-frame allocation per iteration costs more than the fits
+    wide = np.abs(flux) > wing_limit  # stars whose model is placed with its full extent (fixed for the call)
+
+    def place(model, index, amount, narrow_stamp):
+        """model += amount x the models of stars ``index`` (narrow ones from their fit stamps)."""
+        narrow = ~wide[index]
+        scatter_into(model, narrow_stamp[0][narrow], narrow_stamp[1][narrow], amount[narrow, None, None] * narrow_stamp[2][narrow])
+        far = index[~narrow]
+        for part in _chunks(far.size, 2_000):
+            rows, cols, p = big.evaluate(x[far[part]], y[far[part]])
+            scatter_into(model, rows, cols, amount[~narrow][part, None, None] * p)
+
+    # every star's model in one image, kept up to date star by star as fits change (a full
+    # rebuild per iteration costs a pass over the frame even for a few hundred stars)
+    model = np.zeros(shape, np.float32)
+    for c, stamp in zip(chunks, stamps, strict=True):
+        place(model, np.arange(c.start, c.stop), flux[c], stamp)
     for iteration in range(iterations):
-        model.fill(0.0)
-        wide = np.abs(flux) > wing_limit
-        for c, stamp in zip(chunks, stamps, strict=True):
-            narrow = ~wide[c]
-            scatter_into(model, stamp[0][narrow], stamp[1][narrow], flux[c][narrow, None, None] * stamp[2][narrow])
-        if wide.any():
-            index = np.flatnonzero(wide)
-            for part in _chunks(index.size, 2_000):
-                rows, cols, p = big.evaluate(x[index[part]], y[index[part]])
-                scatter_into(model, rows, cols, flux[index[part], None, None] * p)
         last = iteration == iterations - 1
         for k, c in enumerate(chunks):
             rows, cols, p = stamps[k][:3]
@@ -357,6 +372,7 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
             spp = np.einsum("nij,nij->n", w * p, p)
             spd = np.einsum("nij,nij->n", w * p, data)
             new_flux = np.where(spp > 0, spd / np.where(spp > 0, spp, 1.0), np.nan)
+            moved = np.zeros(f.size, bool)
             if moving.any() and not last:
                 px, py = stamps[k][3], stamps[k][4]
                 m = np.flatnonzero(moving)
@@ -369,11 +385,23 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
                 step[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
                 step[:, 1:] = np.clip(step[:, 1:], -0.5, 0.5)
                 new_flux[m[ok]] = f[m[ok]] + step[ok, 0]
-                x[c][m] += step[:, 1]
-                y[c][m] += step[:, 2]
-                moved = small.evaluate(x[c][m], y[c][m], derivatives=True)
-                for held, fresh in zip(stamps[k], moved, strict=True):
-                    held[m] = fresh
+                moved[m] = True
+            if not last:
+                # the model follows the fits at once (Gauss-Seidel across chunks): a star that
+                # stayed changes by its flux step, one that moved is taken out and put back
+                index = np.arange(c.start, c.stop)
+                change = np.nan_to_num(new_flux, nan=0.0) - f
+                stay = ~moved
+                place(model, index[stay], change[stay], tuple(a[stay] for a in stamps[k][:3]))
+                if moved.any():
+                    m = np.flatnonzero(moved)
+                    place(model, index[m], -f[m], tuple(a[m] for a in stamps[k][:3]))
+                    x[c][m] += step[:, 1]
+                    y[c][m] += step[:, 2]
+                    fresh = small.evaluate(x[c][m], y[c][m], derivatives=True)
+                    for held, value in zip(stamps[k], fresh, strict=True):
+                        held[m] = value
+                    place(model, index[m], np.nan_to_num(new_flux[m], nan=0.0), fresh[:3])
             if last:
                 resid = data - new_flux[:, None, None] * p
                 npix[c] = usable.sum(axis=(1, 2))
@@ -413,7 +441,7 @@ def model_image(shape, psf: EffectivePSF, x, y, flux) -> np.ndarray:
     chosen = np.flatnonzero(np.isfinite(flux) & (flux != 0))
     chosen = chosen[np.argsort(y[chosen], kind="stable")]
     stamps = psf.phase_stamps(psf.half, derivatives=False)
-    out = np.zeros(shape)
+    out = np.zeros(shape, np.float32)
     for part in _chunks(chosen.size, 2_000):
         idx = chosen[part]
         rows, cols, p = stamps.evaluate(x[idx], y[idx])

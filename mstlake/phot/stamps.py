@@ -17,14 +17,8 @@ def cutout_index(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray) -> 
 
 
 def scatter_into(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
-    """Add the stamps ``values`` (n, s, s) placed at (rows x cols) to ``image`` in place; stars
-    sorted by row keep the touched range (and the bincount) small."""
+    """Add the stamps ``values`` (n, s, s) placed at (rows x cols) to ``image`` in place
+    (overlapping stamps add up). ``np.add.at`` touches only the stamps' pixels: a bincount over
+    the stars' range would sweep (and allocate) a frame-sized array for a few stars."""
     flat, inside = cutout_index(image.shape, rows, cols)
-    flat = flat[inside]
-    if flat.size == 0:
-        return
-    low, high = int(flat.min()), int(flat.max())
-    if high - low > 16 * flat.size:  # few stars spread wide: a dense bincount would sweep the image
-        np.add.at(image.reshape(-1), flat, values[inside])
-    else:
-        image.reshape(-1)[low : high + 1] += np.bincount(flat - low, weights=values[inside], minlength=high - low + 1)
+    np.add.at(image.reshape(-1), flat[inside], values[inside].astype(image.dtype, copy=False))  # same dtype: the fast path
