@@ -202,11 +202,12 @@ class PhotometryConfig:
     fit_position_min_snr: float  # PSF fits refine positions above this S/N; fainter stay put
     psf_iterations: int  # rounds of fitting every star with all the others subtracted
     forced_match_radius_px: float  # a detection this close to a catalogue position is that star
+    blend_separation_fwhm: float  # catalogue stars closer than this (in FWHM) are fitted as one blend
     apcorr_max_stars: int  # stars (neighbours subtracted) for the growth curve and aperture correction
     aperture_correction: str  # "model": ePSF growth inside its extent + measured outer growth; "direct": fit of measured mag_ref - mag_best
     calibrator_max_error: float  # mag, in both the measurement and the library
     calibrator_max_chi2: float  # reduced chi^2 of the PSF fit
-    zero_point_degree: int
+    zero_point_degree: int  # highest order of the zero-point surface (the data choose up to it)
     zero_point_clip_sigma: float
     cloudy_zero_point_rms: float  # mag: standards' scatter about the zero-point surface above this: cloudy
 

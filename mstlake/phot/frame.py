@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import sep
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from mstlake.astrom import extract, solve
@@ -120,15 +122,23 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
         distance, nearest = cKDTree(np.column_stack([det_x, det_y])).query(np.column_stack([rx, ry]), distance_upper_bound=cfg.forced_match_radius_px)
         matched_detection = np.where(np.isfinite(distance), nearest, -1)
     others = np.setdiff1d(np.arange(len(sources)), matched_detection[matched_detection >= 0])
-    start_flux = np.where(matched_detection >= 0, np.nan_to_num(fit.flux[np.maximum(matched_detection, 0)]), 0.0)
+    # catalogue brightness: shares a detection's flux among the stars it holds, and an unresolved
+    # blend's among its members
+    catalogue_flux = 10 ** (-0.4 * np.nan_to_num(ref[f"mag_{band}"].values.astype(float), nan=30.0)) if f"mag_{band}" in ref else np.ones(len(ref))
+    detection_total = np.bincount(np.maximum(matched_detection, 0), weights=np.where(matched_detection >= 0, catalogue_flux, 0.0), minlength=len(sources))
+    start_flux = np.where(matched_detection >= 0, np.nan_to_num(fit.flux[np.maximum(matched_detection, 0)]) * catalogue_flux / np.maximum(detection_total[np.maximum(matched_detection, 0)], 1e-300), 0.0)
+    blend, blend_x, blend_y = unresolved_blends(rx, ry, catalogue_flux, cfg.blend_separation_fwhm * model.fwhm)
+    n_fit = blend_x.size
     forced_fit = psf_kernels.psf_photometry(
-        residual, noise, hidden, model, np.concatenate([rx, det_x[others]]), np.concatenate([ry, det_y[others]]),
-        np.concatenate([start_flux, np.nan_to_num(fit.flux[others])]), fit_position=False, gain=gain, iterations=cfg.psf_iterations,
+        residual, noise, hidden, model, np.concatenate([blend_x, det_x[others]]), np.concatenate([blend_y, det_y[others]]),
+        np.concatenate([np.bincount(blend, weights=start_flux, minlength=n_fit), np.nan_to_num(fit.flux[others])]), fit_position=False, gain=gain, iterations=cfg.psf_iterations,
     )
-    n_ref = len(ref)
+    share = catalogue_flux / np.bincount(blend, weights=catalogue_flux, minlength=n_fit)[blend]
+    blended = np.bincount(blend, minlength=n_fit)[blend] > 1
     forced = pd.DataFrame({
         "reference_index": np.flatnonzero(on_frame), "x": rx, "y": ry,
-        "flux": forced_fit.flux[:n_ref], "flux_err": forced_fit.flux_err[:n_ref], "chi2": forced_fit.chi2_reduced[:n_ref], "flag": forced_fit.flag[:n_ref],
+        "flux": forced_fit.flux[blend] * share, "flux_err": forced_fit.flux_err[blend] * share, "chi2": forced_fit.chi2_reduced[blend],
+        "flag": forced_fit.flag[blend] | np.where(blended, psf_kernels.PSF_BLENDED, 0).astype(np.int32),
         "detection": matched_detection,
     })
     forced["mag_inst"], forced["mag_inst_err"] = ap.magnitudes(forced.flux.values, forced.flux_err.values)
@@ -177,6 +187,20 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     clock.lap("zero_point")
     cloudy = zero_point is None or zero_point.rms > cfg.cloudy_zero_point_rms
     return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, zero_point, problem, cloudy, best, reference_index, correction, measured_correction)
+
+
+def unresolved_blends(x, y, brightness, separation_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of catalogue stars closer than ``separation_px`` (chained): fitted apart, their fluxes
+    would trade light with each other (two PSFs half a FWHM apart correlate at ~0.7). Returns each
+    star's group number and the groups' light centroids (by ``brightness``), where the group is fitted."""
+    x, y, brightness = (np.asarray(a, float) for a in (x, y, brightness))
+    n = x.size
+    pairs = cKDTree(np.column_stack([x, y])).query_pairs(separation_px, output_type="ndarray") if n > 1 else np.empty((0, 2), int)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    weight = np.maximum(brightness, 1e-300)
+    total = np.bincount(group, weights=weight)
+    return group, np.bincount(group, weights=weight * x) / total, np.bincount(group, weights=weight * y) / total
 
 
 class _Laps:

@@ -34,6 +34,7 @@ PSF_MASKED = 1  # masked pixels inside the fit radius (they are left out of the 
 PSF_EDGE = 2  # the fit stamp crosses the image edge
 PSF_POOR_FIT = 4  # reduced chi^2 above the limit: not a single point source (blend, artefact)
 PSF_NOT_CONVERGED = 8  # the position moved by more than a pixel, or the fit had no usable pixels
+PSF_BLENDED = 16  # catalogue stars too close to fit apart: fitted as one, the flux shared by catalogue brightness
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,15 @@ class Surface:
         return poly_terms(x, y, self.centre, self.scale, self.degree) @ self.coefficients
 
 
-def fit_surface(x, y, value, *, shape: tuple[int, int], degree: int = 2, error=None, clip_sigma: float = 3.0, iterations: int = 10, floor: float = 0.0) -> Surface:
+def fit_surface(x, y, value, *, shape: tuple[int, int], degree: int = 2, error=None, clip_sigma: float = 3.0, iterations: int = 10, floor: float = 0.0, select_degree: bool = False) -> Surface:
     """Least-squares polynomial of ``value`` over the detector (``shape`` = (ny, nx)), weighted by
     1 / (error^2 + floor^2) when errors are given, clipping points whose residual exceeds
     ``clip_sigma`` times the robust scatter (in units of their own errors). The degree drops when
-    there are too few points for it (at least 3 per term)."""
+    there are too few points for it (at least 3 per term). With ``select_degree``, ``degree`` is
+    the highest allowed: after clipping at it, the lowest degree whose Bayesian information
+    criterion (chi^2 scaled by the highest degree's reduced chi^2, plus ln n per term) is not
+    beaten by a higher one is kept, so a few dozen noisy points do not buy a surface whose
+    noise at the frame's edge exceeds the variation it follows."""
     x, y, value = (np.asarray(a, float) for a in (x, y, value))
     ny, nx = shape
     centre, scale = ((nx - 1) / 2, (ny - 1) / 2), max(nx, ny) / 2
@@ -62,5 +66,19 @@ def fit_surface(x, y, value, *, shape: tuple[int, int], degree: int = 2, error=N
         if np.array_equal(new, keep) or new.sum() < n_terms(degree):
             break
         keep = new
+    if select_degree and degree > 0:
+        w = 1.0 / sigma[keep]
+        n = int(keep.sum())
+        chi2 = {}
+        solutions = {}
+        for d in range(degree + 1):
+            columns = n_terms(d)
+            solutions[d] = np.linalg.lstsq(design[keep][:, :columns] * w[:, None], value[keep] * w, rcond=None)[0]
+            chi2[d] = float(np.sum(((value[keep] - design[keep][:, :columns] @ solutions[d]) * w) ** 2))
+        scale2 = max(chi2[degree] / max(n - n_terms(degree), 1), 1e-12)
+        score = {d: chi2[d] / scale2 + n_terms(d) * np.log(n) for d in chi2}
+        chosen = min(score, key=lambda d: (score[d], d))
+        if chosen < degree:
+            degree, coefficients, design = chosen, solutions[chosen], design[:, : n_terms(chosen)]
     residual = value[keep] - design[keep] @ coefficients
     return Surface(coefficients, centre, scale, degree, float(np.sqrt(np.mean(residual**2))), int(keep.sum()), int(good.sum() - keep.sum()))

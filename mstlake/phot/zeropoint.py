@@ -3,8 +3,9 @@
 mag_calibrated = mag_instrumental + ZP(x, y), fitted to the standard stars matched on the frame
 (errors < ``max_error`` in both, clean flags), weighted by their errors, with clipping (variables,
 blends and mismatches drop out). The paper fits the zero point as a function of position on the
-detector; a 2nd-order surface absorbs vignetting residuals, the PSF's variation and extinction
-across the field.
+detector; a surface up to 2nd order absorbs vignetting residuals, the PSF's variation and
+extinction across the field, its degree chosen by the data (a few dozen standards on a small
+frame measure a constant better than a surface; thousands on a full frame pay for all six terms).
 """
 
 from __future__ import annotations
@@ -43,6 +44,6 @@ def fit_zero_point(x, y, mag_instrumental, error_instrumental, mag_standard, err
     x, y = np.asarray(x, float)[usable], np.asarray(y, float)[usable]
     delta = mag_standard[usable] - mag_instrumental[usable]
     error = np.hypot(error_instrumental[usable], error_standard[usable])
-    surface = fit_surface(x, y, delta, shape=shape, degree=degree, error=error, floor=error_floor, clip_sigma=clip_sigma)
+    surface = fit_surface(x, y, delta, shape=shape, degree=degree, error=error, floor=error_floor, clip_sigma=clip_sigma, select_degree=True)
     ny, nx = shape
     return ZeroPoint(surface, float(surface((nx - 1) / 2, (ny - 1) / 2)[0]), surface.rms, surface.n_used, surface.n_rejected)

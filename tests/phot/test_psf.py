@@ -96,3 +96,16 @@ def test_neighbours_are_subtracted_before_fitting():
     assert alone.flux[0] / flux[1] > 3
     assert abs(together.flux[1] / flux[1] - 1) < 0.12
     assert abs(together.flux[0] / flux[0] - 1) < 0.02
+
+
+def test_unresolved_catalogue_pair_is_fitted_as_one_and_shared():
+    from mstlake.phot.frame import unresolved_blends
+
+    # a 16th-mag star with a 20th-mag one 0.2 px away, and an isolated star: fitted apart, the
+    # pair's fluxes trade light without limit; as one blend they share it by catalogue brightness
+    x, y = np.array([100.0, 100.2, 140.0]), np.array([60.0, 60.1, 60.0])
+    brightness = 10 ** (-0.4 * np.array([16.0, 20.0, 16.5]))
+    group, gx, gy = unresolved_blends(x, y, brightness, separation_px=1.3)
+    assert group[0] == group[1] != group[2] and gx.size == 2
+    assert gx[group[0]] == pytest.approx((100.0 * brightness[0] + 100.2 * brightness[1]) / brightness[:2].sum())
+    assert gx[group[2]] == 140.0 and gy[group[2]] == 60.0
