@@ -119,8 +119,8 @@ def main() -> None:
     residuals = sky_residuals_mas(phot.sources, truth, stars.set_index("star_id"))
     correction_error = None
     if phot.aperture_correction is not None:
-        beta = float(pq.read_table(sim.frames).to_pandas().set_index("stem").loc[stem, "psf_beta"])
-        correction_error = round(aperture_correction_error_mmag(phot, merged.x, merged.y, merged.fwhm_px, beta), 2)
+        frame_truth = pq.read_table(sim.frames).to_pandas().set_index("stem").loc[stem]
+        correction_error = round(aperture_correction_error_mmag(phot, merged.x, merged.y, merged.fwhm_px, float(frame_truth.psf_beta), ellipticity=float(frame_truth.psf_ellipticity), angle_deg=float(frame_truth.psf_angle_deg)), 2)
     out = {
         "frame_shape": [ny, nx], "detections": len(phot.sources), "forced_stars": len(phot.forced), "psf_stars": phot.psf_stars, "psf_degree": phot.psf.degree, "psf_oversampling": phot.psf.oversampling,
         "seconds_per_step": {k: round(v, 2) for k, v in steps.items()}, "seconds_total": round(total, 1),

@@ -51,6 +51,11 @@ def extract_sources(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, *
     if len(objects) == 0:
         return Extraction(pd.DataFrame(columns=["x", "y", "x_iso", "y_iso", "flux", "peak", "npix", "a", "b", "theta", "fwhm", "ellipticity", "snr", "flag"]), back, float(background.globalrms), background.rms())
     x, y = objects["x"], objects["y"]
+    # sep's aperture sums refuse an ellipse its own extraction can return: a vertical one-pixel
+    # line has theta = float32(pi/2), a hair above pi/2 in float64; degenerate axes are 0 or NaN
+    for axis in ("a", "b"):
+        objects[axis] = np.where(np.isfinite(objects[axis]), np.maximum(objects[axis], 0.25), 0.25)
+    objects["theta"] = np.clip(np.nan_to_num(objects["theta"].astype(np.float64), nan=0.0), -np.pi / 2, np.pi / 2)
     # half-light radius within 6 isophotal semi-axes -> a Gaussian-equivalent width for the window
     radius, _ = sep.flux_radius(residual, x, y, 6.0 * objects["a"], 0.5, subpix=1)
     sigma = np.clip(np.nan_to_num(radius, nan=1.0) * 2.0 / 2.3548, 0.5, 10.0)

@@ -143,14 +143,17 @@ def aperture_correction(x, y, mag_best, mag_ref, *, shape: tuple[int, int], clip
 
 
 def model_aperture_correction(x, y, total: ApertureFluxes, own: ApertureFluxes, best: int, reference: int, *, model_half_px: float, shape: tuple[int, int]) -> Surface:
-    """mag_ref - mag_best from the growth curve in two parts (as DAOGROW): inside the PSF model's
-    extent, the stars' own noise-free models (``own``: their apertures on the model alone), which
-    carry the PSF's variation across the detector; beyond it, the median over the stars of the
-    measured neighbour-free growth (``total``), a constant. Fitted as a 2nd-order surface."""
+    """mag_ref - mag_best with its level measured and its shape modelled (as DAOGROW leans on a
+    model where single stars are noisy): the level is the median over the stars of the measured
+    neighbour-free growth (``total``) from the best to the reference aperture; the variation
+    across the detector is that of the stars' own noise-free PSF models (``own``) inside the
+    model's extent, about their median (an empirical PSF misses a few tenths of a percent of its
+    wings, so its growth sets no level). Fitted as a 2nd-order surface."""
     inside = np.flatnonzero(total.diameters / 2 <= model_half_px - 1)
     mid = int(min(reference, max(best, inside.max() if inside.size else best)))
     with np.errstate(divide="ignore", invalid="ignore"):
-        inner = -2.5 * np.log10(own.flux[:, mid] / own.flux[:, best])
-        outer_each = -2.5 * np.log10(total.flux[:, reference] / total.flux[:, mid])
-    outer = float(np.nanmedian(outer_each)) if np.isfinite(outer_each).any() else 0.0
-    return fit_surface(x, y, inner + outer, shape=shape, degree=2)
+        modelled = -2.5 * np.log10(own.flux[:, mid] / own.flux[:, best])
+        measured = -2.5 * np.log10(total.flux[:, reference] / total.flux[:, best])
+    level = float(np.nanmedian(measured)) if np.isfinite(measured).any() else 0.0
+    variation = modelled - np.nanmedian(modelled) if np.isfinite(modelled).any() else np.zeros_like(modelled)
+    return fit_surface(x, y, variation + level, shape=shape, degree=2)

@@ -31,6 +31,7 @@ from mstlake.astrom import extract, solve
 from mstlake.calib.apply import PEPPER_SALT
 from mstlake.config import PhotometryConfig
 from mstlake.phot import aperture as ap
+from mstlake.phot.stamps import scatter_into
 from mstlake.phot import psf as psf_kernels
 from mstlake.phot.surface import Surface
 from mstlake.phot.zeropoint import ZeroPoint, ZeroPointError, fit_zero_point
@@ -225,7 +226,9 @@ def neighbour_free_apertures(residual, variance, hidden, model: psf_kernels.Effe
     under bright stars, and 2000 px of a large aperture multiply any such offset. Returns these
     fluxes and those of the stars' own models alone."""
     x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
-    inner, outer = max(ap.DIAMETERS_PX) / 2 + 2, max(ap.DIAMETERS_PX) / 2 + 10
+    # the annulus starts well beyond the largest aperture: a Moffat wing still holds ~1e-3 of the
+    # flux between 27 and 35 px, which taken as background would cost the 50-px aperture ~1.6 mmag
+    inner, outer = max(ap.DIAMETERS_PX) / 2 + 15, max(ap.DIAMETERS_PX) / 2 + 25
     # only the stars whose models reach a sample star's background annulus matter
     reach = outer + model.half * np.sqrt(2) + 1
     nearby = cKDTree(np.column_stack([x[sample], y[sample]])).query(np.column_stack([x, y]), distance_upper_bound=reach)[0]
@@ -236,13 +239,18 @@ def neighbour_free_apertures(residual, variance, hidden, model: psf_kernels.Effe
     ring, _, _ = sep.sum_circann(np.ascontiguousarray(others_removed, dtype=np.float32), x[sample], y[sample], inner, outer, subpix=1)
     local = ring / (np.pi * (outer**2 - inner**2))
     around = ap.ApertureFluxes(around.diameters, around.flux - local[:, None] * np.pi * (around.diameters[None, :] / 2) ** 2, around.flux_err, around.masked)
-    # own models in a mosaic of tiles, one star per tile, wide enough for the largest aperture
+    # own models in a mosaic of tiles, one star per tile, wide enough for the largest aperture;
+    # each is the model where the star really is (the mosaic's own coordinates would pick the
+    # PSF of the detector's corner), moved whole onto its tile
     half = int(np.ceil(max(ap.DIAMETERS_PX) / 2)) + 2
     tile = 2 * half + 1
     columns = int(np.ceil(np.sqrt(max(sample.size, 1))))
-    mosaic = np.zeros((tile * int(np.ceil(sample.size / columns) or 1), tile * columns))
-    tile_x = (np.arange(sample.size) % columns) * tile + half + (x[sample] - np.rint(x[sample]))
-    tile_y = (np.arange(sample.size) // columns) * tile + half + (y[sample] - np.rint(y[sample]))
-    own = psf_kernels.subtract_stars(mosaic, model, tile_x, tile_y, -flux[sample])
-    alone = ap.aperture_fluxes(own, np.zeros_like(own), tile_x, tile_y)
+    mosaic = np.zeros((tile * int(np.ceil(sample.size / columns) or 1), tile * columns), np.float32)
+    centre_col = (np.arange(sample.size) % columns) * tile + half
+    centre_row = (np.arange(sample.size) // columns) * tile + half
+    ix, iy = np.rint(x[sample]).astype(int), np.rint(y[sample]).astype(int)
+    rows, cols, stamp = model.phase_stamps(model.half, derivatives=False).evaluate(x[sample], y[sample])
+    scatter_into(mosaic, rows - iy[:, None] + centre_row[:, None], cols - ix[:, None] + centre_col[:, None], flux[sample, None, None] * stamp)
+    tile_x, tile_y = centre_col + (x[sample] - ix), centre_row + (y[sample] - iy)
+    alone = ap.aperture_fluxes(mosaic, np.zeros_like(mosaic), tile_x, tile_y)
     return ap.ApertureFluxes(around.diameters, around.flux + alone.flux, around.flux_err, np.zeros_like(around.masked)), alone

@@ -28,6 +28,7 @@ from mstlake.phot.surface import n_terms as count_terms
 from mstlake.phot.surface import poly_terms
 
 PHASES = 16  # sub-pixel phase steps per pixel for the precomputed stamps
+RELAX = 1.6  # over-relaxation of the ePSF's correction passes: the bilinear sample sharing converges slowly
 
 # flag bits of PSF photometry
 PSF_MASKED = 1  # masked pixels inside the fit radius (they are left out of the fit)
@@ -160,7 +161,7 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
         degree = 0 if n_stars < 40 else 1 if n_stars < 150 else 2
     n_terms = count_terms(degree)
     if oversampling is None:
-        oversampling = 4 if n_stars / n_terms >= 150 else 2
+        oversampling = 4 if n_stars / n_terms >= 400 else 2
     half = int(half if half is not None else max(8, np.ceil(3.5 * fwhm)))
     centre, scale = ((nx - 1) / 2, (ny - 1) / 2), max(nx, ny) / 2  # as in mstlake.phot.surface
     m = half * oversampling
@@ -206,7 +207,7 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
             weight = 1.0 / ((noise[sel] + photons).clip(1e-12) / star_flux**2 + (0.002 * np.abs(normalised[sel])) ** 2 + 1e-12)
             target = normalised[sel] - current
             correction = _node_fit(node, np.tile(target, copies)[on_grid], (np.tile(weight, copies) * kernel)[on_grid], sample_star, terms, n_nodes, clip_sigma)
-            basis = _tidy(basis + correction, fwhm * oversampling, oversampling)
+            basis = _tidy(basis + RELAX * correction, fwhm * oversampling, oversampling)
         # refit the stars' fluxes and positions with the new model; drop the ones it does not fit
         psf = EffectivePSF(basis, oversampling, half, centre, scale, degree, fwhm)
         fit = psf_photometry(residual, background_variance, hidden, psf, x, y, flux, fit_position=np.ones(n_stars, bool), gain=gain, iterations=3, fit_half=max(2, int(np.ceil(1.5 * fwhm))))
@@ -245,7 +246,7 @@ def _node_fit(node, target, weight, star, star_terms, n_nodes: int, clip_sigma: 
     node_star = node * n_stars + star
     outer = (star_terms[:, :, None] * star_terms[:, None, :]).reshape(n_stars, n_terms * n_terms)
     keep = np.ones(node.size, bool)
-    for _ in range(2):
+    for round_ in range(2):
         w = weight * keep
         summed_weight = np.bincount(node_star, weights=w, minlength=total * n_stars).reshape(total, n_stars)
         summed_target = np.bincount(node_star, weights=w * target, minlength=total * n_stars).reshape(total, n_stars)
@@ -256,6 +257,8 @@ def _node_fit(node, target, weight, star, star_terms, n_nodes: int, clip_sigma: 
         ridge = 1e-9 * np.trace(normal, axis1=1, axis2=2)[:, None, None] * np.eye(n_terms)
         solution = np.zeros((total, n_terms))
         solution[ok] = np.linalg.solve(normal[ok] + ridge[ok], rhs[ok][..., None])[..., 0]
+        if round_ == 1:
+            break  # the clipping that follows would go unused
         fitted = np.einsum("nk,nk->n", star_terms[star], solution[node])
         pull = (target - fitted) * np.sqrt(weight)
         spread = 1.4826 * np.median(np.abs(pull[keep])) if keep.any() else 1.0

@@ -109,3 +109,28 @@ def test_unresolved_catalogue_pair_is_fitted_as_one_and_shared():
     assert group[0] == group[1] != group[2] and gx.size == 2
     assert gx[group[0]] == pytest.approx((100.0 * brightness[0] + 100.2 * brightness[1]) / brightness[:2].sum())
     assert gx[group[2]] == 140.0 and gy[group[2]] == 60.0
+
+
+def test_neighbour_free_growth_uses_each_stars_own_psf_where_it_is():
+    from mstlake.phot import aperture as ap
+    from mstlake.phot.frame import neighbour_free_apertures
+
+    # the PSF widens from left to right; a star at the right edge must keep its own (wide) model
+    rng = np.random.default_rng(12)
+    shape = (260, 900)
+    gx, gy = np.meshgrid(np.arange(20), np.arange(5))
+    x = 30 + gx.ravel() * 42 + rng.uniform(0, 1, gx.size)
+    y = 40 + gy.ravel() * 45 + rng.uniform(0, 1, gx.size)
+    flux = np.full(x.size, 2e5)
+    image = np.zeros(shape)
+    for column in np.unique(gx):
+        chosen = gx.ravel() == column
+        image += moffat_stars(shape, x[chosen], y[chosen], flux[chosen], fwhm=2.2 + 1.4 * column / 19)
+    noise = np.full(shape, SKY_VARIANCE)
+    image = image + rng.normal(0, np.sqrt(SKY_VARIANCE + image))
+    model = psf_kernels.build_psf(image, noise, np.zeros(shape, bool), x, y, flux, fwhm=2.8, gain=1.0, degree=1)
+    sample = np.array([np.argmax(x)])  # the right-most star
+    _, own = neighbour_free_apertures(image, noise, np.zeros(shape, bool), model, x, y, flux, sample)
+    there = psf_kernels.model_image(shape, model, x[sample], y[sample], flux[sample])
+    expected = ap.aperture_fluxes(there, np.zeros(shape), x[sample], y[sample])
+    assert np.allclose(own.flux, expected.flux, rtol=1e-4)
