@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.1)
     parser.add_argument("--nights", type=int, default=11)
     parser.add_argument("--out", type=Path, default=Path("/tmp/mstlake-calacc"))
+    parser.add_argument("--results", default="calibration_accuracy.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
     instrument, sim, pipeline = load_instrument(), load_simulation(), load_pipeline()
     cfg = pipeline.calibration
@@ -151,7 +152,7 @@ def main() -> None:
     for name in ("image", "variance", "mask"):
         size = sum(p.stat().st_size for p in (cube / name).rglob("*") if p.is_file())
         out[f"bytes_per_pixel_{name}"] = round(size / n_pixels, 3)
-    (Path(__file__).parent / "results" / "calibration_accuracy.json").write_text(json.dumps(out, indent=2))
+    (Path(__file__).parent / "results" / args.results).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
 

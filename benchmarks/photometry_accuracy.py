@@ -2,8 +2,13 @@
 
     python benchmarks/photometry_accuracy.py [--lake /tmp/mstlake-calacc/lake] [--raw /tmp/mstlake-calacc/raw]
 
-Uses the lake and simulation that ``benchmarks/calibration_accuracy.py`` leaves behind (44 MST2
-g frames over 11 nights at 1/10 scale). Every frame goes through extraction, blind solve and
+    # half-size frames (4788 x 3144, ~10000 detections and ~1200 PSF stars each; ~25 min in all):
+    python benchmarks/calibration_accuracy.py --scale 0.5 --nights 5 --out /tmp/mstlake-half --results calibration_accuracy_half.json
+    python benchmarks/photometry_accuracy.py --lake /tmp/mstlake-half/lake --raw /tmp/mstlake-half/raw --out photometry_accuracy_half.json
+
+Uses the lake and simulation that ``benchmarks/calibration_accuracy.py`` leaves behind (by default
+44 MST2 g frames over 11 nights at 1/10 scale: only 30-40 PSF stars per frame, while the PSF
+varies across them as much as across a full frame). Every frame goes through extraction, blind solve and
 ``mstlake.phot.frame.photometer_frame`` (ePSF, PSF photometry with neighbours subtracted, WCS
 refined with PSF centroids, forced photometry at the library's positions, 25 apertures,
 aperture correction, zero-point surface). Scored:

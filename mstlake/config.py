@@ -201,6 +201,7 @@ class PhotometryConfig:
     psf_rebuild: bool  # build the ePSF again with every other star subtracted (crowded stars join)
     fit_position_min_snr: float  # PSF fits refine positions above this S/N; fainter stay put
     psf_iterations: int  # rounds of fitting every star with all the others subtracted
+    forced_iterations: int  # the same for forced photometry at the catalogue positions
     forced_match_radius_px: float  # a detection this close to a catalogue position is that star
     blend_separation_fwhm: float  # catalogue stars closer than this (in FWHM) are fitted as one blend
     apcorr_max_stars: int  # stars (neighbours subtracted) for the growth curve and aperture correction

@@ -132,7 +132,7 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     n_fit = blend_x.size
     forced_fit = psf_kernels.psf_photometry(
         residual, noise, hidden, model, np.concatenate([blend_x, det_x[others]]), np.concatenate([blend_y, det_y[others]]),
-        np.concatenate([np.bincount(blend, weights=start_flux, minlength=n_fit), np.nan_to_num(fit.flux[others])]), fit_position=False, gain=gain, iterations=cfg.psf_iterations,
+        np.concatenate([np.bincount(blend, weights=start_flux, minlength=n_fit), np.nan_to_num(fit.flux[others])]), fit_position=False, gain=gain, iterations=cfg.forced_iterations,
     )
     share = catalogue_flux / np.bincount(blend, weights=catalogue_flux, minlength=n_fit)[blend]
     blended = np.bincount(blend, minlength=n_fit)[blend] > 1

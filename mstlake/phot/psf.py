@@ -28,6 +28,7 @@ from mstlake.phot.surface import n_terms as count_terms
 from mstlake.phot.surface import poly_terms
 
 PHASES = 16  # sub-pixel phase steps per pixel for the precomputed stamps
+WING_STARS = 300  # the ePSF's wings (beyond 2 FWHM) come from this many of its brightest stars
 RELAX = 1.6  # over-relaxation of the ePSF's correction passes: the bilinear sample sharing converges slowly
 
 # flag bits of PSF photometry
@@ -168,11 +169,19 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
     n_nodes = 2 * m + 1
     offsets = np.arange(-half, half + 1)
 
+    # the wings come from the brightest WING_STARS stars, the core from all: the faint stars' wing
+    # pixels are mostly sky noise and would double the work
+    core_half = max(3, int(np.ceil(2.0 * fwhm)))
+    wing_star = np.zeros(n_stars, bool)
+    wing_star[np.argsort(-flux)[:WING_STARS]] = True
+    near_core = (np.abs(offsets)[:, None] <= core_half) & (np.abs(offsets)[None, :] <= core_half)
+
     def cutouts(x, y):
         rows, cols = np.rint(y).astype(int)[:, None] + offsets, np.rint(x).astype(int)[:, None] + offsets
         flat, inside = cutout_index(residual.shape, rows, cols)
         data, masked, noise = (a.reshape(-1)[flat] for a in (residual, hidden, background_variance))
-        return rows, cols, data, noise, inside & ~masked & (noise > 0), poly_terms(x, y, centre, scale, degree)
+        usable = inside & ~masked & (noise > 0) & (wing_star[:, None, None] | near_core[None, :, :])
+        return rows, cols, data, noise, usable, poly_terms(x, y, centre, scale, degree)
 
     rows, cols, data, noise, usable, terms = cutouts(x, y)
     basis = np.zeros((n_terms, n_nodes, n_nodes))
