@@ -31,8 +31,8 @@ from mstlake.astrom import extract, solve
 from mstlake.calib.apply import PEPPER_SALT
 from mstlake.config import PhotometryConfig
 from mstlake.phot import aperture as ap
-from mstlake.phot.stamps import scatter_into
 from mstlake.phot import psf as psf_kernels
+from mstlake.phot.stamps import scatter_into
 from mstlake.phot.surface import Surface
 from mstlake.phot.zeropoint import ZeroPoint, ZeroPointError, fit_zero_point
 
@@ -126,8 +126,9 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     # catalogue brightness: shares a detection's flux among the stars it holds, and an unresolved
     # blend's among its members
     catalogue_flux = 10 ** (-0.4 * np.nan_to_num(ref[f"mag_{band}"].values.astype(float), nan=30.0)) if f"mag_{band}" in ref else np.ones(len(ref))
-    detection_total = np.bincount(np.maximum(matched_detection, 0), weights=np.where(matched_detection >= 0, catalogue_flux, 0.0), minlength=len(sources))
-    start_flux = np.where(matched_detection >= 0, np.nan_to_num(fit.flux[np.maximum(matched_detection, 0)]) * catalogue_flux / np.maximum(detection_total[np.maximum(matched_detection, 0)], 1e-300), 0.0)
+    held_by = np.maximum(matched_detection, 0)
+    detection_total = np.bincount(held_by, weights=np.where(matched_detection >= 0, catalogue_flux, 0.0), minlength=len(sources))
+    start_flux = np.where(matched_detection >= 0, np.nan_to_num(fit.flux[held_by]) * catalogue_flux / np.maximum(detection_total[held_by], 1e-300), 0.0)
     blend, blend_x, blend_y = unresolved_blends(rx, ry, catalogue_flux, cfg.blend_separation_fwhm * model.fwhm)
     n_fit = blend_x.size
     forced_fit = psf_kernels.psf_photometry(
