@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from astropy.io import fits
-from truth_matching import aperture_correction_error_mmag, moffat_alpha, sky_residuals_mas
+from truth_matching import aperture_correction_error_mmag, sky_residuals_mas
 
 from mstlake.astrom import frame as frame_kernel
 from mstlake.astrom import solve
@@ -46,6 +46,7 @@ from mstlake.config import load_instrument, load_pipeline
 from mstlake.lake import cubes
 from mstlake.paths import LakePaths, SimulationPaths
 from mstlake.phot.frame import photometer_frame
+from mstlake.simulate.optics import moffat_alpha
 
 MIN_EPOCHS = 10  # measurements of a star for its light-curve scatter
 

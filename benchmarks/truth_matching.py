@@ -11,6 +11,7 @@ from mstlake.astrom import extract
 from mstlake.phot import aperture as ap
 from mstlake.phot.frame import FramePhotometry
 from mstlake.simulate import render
+from mstlake.simulate.optics import moffat_alpha
 
 
 def sky_residuals_mas(sources: pd.DataFrame, truth: pd.DataFrame, stars: pd.DataFrame, *, min_snr: float = 100.0) -> np.ndarray:
@@ -28,11 +29,6 @@ def sky_residuals_mas(sources: pd.DataFrame, truth: pd.DataFrame, stars: pd.Data
     bright = (s.snr.values > min_snr) & ((s.flag.values & ~extract.NEIGHBOUR) == 0) & (s.flag_psf.values == 0)
     sky = stars.loc[t.star_id.values[bright]]
     return np.column_stack([(s.ra.values[bright] - sky.ra.values) * np.cos(np.radians(sky.dec.values)) * 3.6e6, (s.dec.values[bright] - sky.dec.values) * 3.6e6])
-
-
-def moffat_alpha(fwhm_px, beta: float):
-    """The Moffat core width of a profile with this FWHM."""
-    return np.asarray(fwhm_px, float) / (2 * np.sqrt(2 ** (1 / beta) - 1))
 
 
 def true_aperture_growth_mag(fwhm_px, beta: float, diameter_inner: float, diameter_outer: float, *, ellipticity: float = 0.0, angle_deg: float = 0.0) -> np.ndarray:

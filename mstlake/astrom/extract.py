@@ -112,7 +112,7 @@ def _extract_in_strips(residual: np.ndarray, variance: np.ndarray, hidden: np.nd
         for column in ("y", "ymin", "ymax", "ycpeak", "ypeak"):
             objects[column] += low
         found.append(objects[(objects["y"] >= start - 0.5) & (objects["y"] < stop - 0.5)])
-    return np.concatenate(found) if found else found
+    return np.concatenate(found)
 
 
 def _near(hidden: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> np.ndarray:

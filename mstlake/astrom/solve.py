@@ -21,6 +21,7 @@ from astropy.wcs import WCS, Sip
 from scipy.spatial import cKDTree
 
 from mstlake.astrom import asterism
+from mstlake.phot.surface import detector_cell
 
 
 class SolveError(RuntimeError):
@@ -227,11 +228,8 @@ def residual_map(x, y, dx, dy, shape: tuple[int, int], grid: tuple[int, int] = R
     """Median fit residuals (dx, dy, px) of matched stars in a grid of cells over the detector,
     row-major; NaN where a cell has fewer than ``min_stars``. Systematic patterns here are
     distortion the fit does not follow."""
-    ny, nx = shape
-    x, y, dx, dy = (np.asarray(a, float) for a in (x, y, dx, dy))
-    row = np.clip((y + 0.5) * grid[0] // ny, 0, grid[0] - 1).astype(int)
-    col = np.clip((x + 0.5) * grid[1] // nx, 0, grid[1] - 1).astype(int)
-    cell = row * grid[1] + col
+    dx, dy = np.asarray(dx, float), np.asarray(dy, float)
+    cell = detector_cell(x, y, shape, grid)
     maps = np.full((2, grid[0] * grid[1]), np.nan)
     for k in np.unique(cell):
         chosen = cell == k

@@ -50,6 +50,16 @@ def write_table_atomic(table: pa.Table, path: Path, schema: TableSchema) -> None
         raise LakeWriteError(f"could not write table {schema.name} to {path}: {err.strerror or err}") from err
 
 
+def update_column(path: Path, schema: TableSchema, column: str, values: dict, *, key: str = "frame_id") -> None:
+    """Rewrite one column of the table at ``path`` for the rows whose ``key`` is in ``values``
+    (key -> new value), atomically; the other rows keep theirs."""
+    table = read_table(path, schema)
+    keys, current = table.column(key).to_pylist(), table.column(column).to_pylist()
+    index = table.schema.get_field_index(column)
+    updated = pa.array([values.get(k, old) for k, old in zip(keys, current, strict=True)], table.schema.field(index).type)
+    write_table_atomic(table.set_column(index, table.schema.field(index), updated), path, schema)
+
+
 def _fsync_directory(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)

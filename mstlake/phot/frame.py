@@ -125,7 +125,7 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     others = np.setdiff1d(np.arange(len(sources)), matched_detection[matched_detection >= 0])
     # catalogue brightness: shares a detection's flux among the stars it holds, and an unresolved
     # blend's among its members
-    catalogue_flux = 10 ** (-0.4 * np.nan_to_num(ref[f"mag_{band}"].values.astype(float), nan=30.0)) if f"mag_{band}" in ref else np.ones(len(ref))
+    catalogue_flux = 10 ** (-0.4 * np.nan_to_num(ref[f"mag_{band}"].values.astype(float), nan=30.0))
     held_by = np.maximum(matched_detection, 0)
     detection_total = np.bincount(held_by, weights=np.where(matched_detection >= 0, catalogue_flux, 0.0), minlength=len(sources))
     start_flux = np.where(matched_detection >= 0, np.nan_to_num(fit.flux[held_by]) * catalogue_flux / np.maximum(detection_total[held_by], 1e-300), 0.0)

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from mstlake.phot.stamps import cutout_index, scatter_into
 from mstlake.phot.surface import n_terms as count_terms
-from mstlake.phot.surface import poly_terms
+from mstlake.phot.surface import detector_cell, poly_terms
 
 PHASES = 16  # sub-pixel phase steps per pixel for the precomputed stamps
 WING_STARS = 300  # the ePSF's wings (beyond 2 FWHM) come from this many of its brightest stars
@@ -61,7 +61,9 @@ class EffectivePSF:
 
     def phase_stamps(self, half: int, *, derivatives: bool = True) -> PhaseStamps:
         half = min(half, self.half)
-        made = self._stamps.get((half, True)) or (None if derivatives else self._stamps.get((half, False)))
+        made = self._stamps.get((half, True))  # with derivatives serves either request
+        if made is None and not derivatives:
+            made = self._stamps.get((half, False))
         if made is None:
             made = self._stamps[(half, derivatives)] = PhaseStamps.from_psf(self, half, derivatives=derivatives)
         return made
@@ -125,8 +127,7 @@ class PhaseStamps:
         jx, jy = np.minimum(tx.astype(int), PHASES - 1), np.minimum(ty.astype(int), PHASES - 1)
         wx, wy = (tx - jx).astype(np.float32)[:, None, None], (ty - jy).astype(np.float32)[:, None, None]
         nx, ny = 2 * self.psf.centre[0] + 1, 2 * self.psf.centre[1] + 1
-        cell = (np.clip((y + 0.5) * self.cells[0] // ny, 0, self.cells[0] - 1).astype(int) * self.cells[1]
-                + np.clip((x + 0.5) * self.cells[1] // nx, 0, self.cells[1] - 1).astype(int))
+        cell = detector_cell(x, y, (ny, nx), self.cells)
 
         def blend(table):
             top = table[cell, jy, jx] + wx * (table[cell, jy, jx + 1] - table[cell, jy, jx])

@@ -22,6 +22,15 @@ def n_terms(degree: int) -> int:
     return (degree + 1) * (degree + 2) // 2
 
 
+def detector_cell(x, y, shape: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    """Row-major index of the cell of a ``grid`` (rows, columns) over a detector of ``shape``
+    (ny, nx) that holds each position (pixel centres 0-based; edges clipped into the grid)."""
+    ny, nx = shape
+    row = np.clip((np.asarray(y, float) + 0.5) * grid[0] // ny, 0, grid[0] - 1).astype(int)
+    col = np.clip((np.asarray(x, float) + 0.5) * grid[1] // nx, 0, grid[1] - 1).astype(int)
+    return row * grid[1] + col
+
+
 @dataclass(frozen=True)
 class Surface:
     coefficients: np.ndarray

@@ -25,7 +25,7 @@ from mstlake.calib.combine import clipped_mean, screen_frames
 from mstlake.config import CalibrationConfig, InstrumentConfig
 from mstlake.lake import cubes
 from mstlake.lake.rawfiles import read_frame, read_rows
-from mstlake.lake.tables import read_table, write_table_atomic
+from mstlake.lake.tables import read_table, update_column, write_table_atomic
 from mstlake.paths import LakePaths
 from mstlake.pipeline.progress import dask_progress
 from mstlake.schemas import load_schema
@@ -328,12 +328,6 @@ def _write_log(lake: LakePaths, results: list[NightResult], rows: list[dict]) ->
 
 
 def _mark_failed(lake: LakePaths, results: list[NightResult]) -> None:
-    failed = {fid: why for r in results for fid, why in r.failed}
-    if not failed:
-        return
-    schema = load_schema("frames")
-    table = read_table(lake.frames_table, schema)
-    ids = table.column("frame_id").to_pylist()
-    status = [f"failed: calibration: {failed[i]}" if i in failed else s for i, s in zip(ids, table.column("status").to_pylist())]
-    table = table.set_column(table.column_names.index("status"), "status", pa.array(status))
-    write_table_atomic(table, lake.frames_table, schema)
+    failed = {fid: f"failed: calibration: {why}" for r in results for fid, why in r.failed}
+    if failed:
+        update_column(lake.frames_table, load_schema("frames"), "status", failed)

@@ -26,7 +26,7 @@ from mstlake.astrom import frame as frame_kernel
 from mstlake.astrom import solve
 from mstlake.config import AstrometryConfig, InstrumentConfig, PhotometryConfig
 from mstlake.lake import cubes
-from mstlake.lake.tables import read_table, write_table_atomic
+from mstlake.lake.tables import read_table, update_column, write_table_atomic
 from mstlake.paths import LakePaths
 from mstlake.phot import aperture as ap
 from mstlake.phot.frame import FramePhotometry, photometer_frame
@@ -148,7 +148,7 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
         row["measured_at"] = now
     _transparency(photometry_rows, frames)
     _replace_rows(lake.astrometry_table, load_schema("astrometry"), astrometry_rows)
-    _record_wcs_in_frames(lake, {r["frame_id"]: r["wcs_header"] for r in astrometry_rows})
+    update_column(lake.frames_table, load_schema("frames"), "wcs_header", {r["frame_id"]: r["wcs_header"] for r in astrometry_rows})  # null where unsolved
     _replace_rows(lake.photometry_table, load_schema("photometry"), photometry_rows)
     return StaticResult(
         solved=sum(r["status"] == "solved" for r in astrometry_rows), calibrated=sum(r["status"] == "calibrated" for r in photometry_rows),
@@ -180,17 +180,6 @@ def _transparency(rows: list[dict], frames: pd.DataFrame) -> None:
         best = group.zp.max()
         for item in group.itertuples():
             rows[item.i]["transparency"] = float(10 ** (-0.4 * (best - item.zp)))
-
-
-def _record_wcs_in_frames(lake: LakePaths, headers: dict[int, str | None]) -> None:
-    """The frames' solutions into the frames table too (null where a frame was not solved)."""
-    schema = load_schema("frames")
-    frames = read_table(lake.frames_table, schema)
-    ids = frames.column("frame_id").to_pylist()
-    current = frames.column("wcs_header").to_pylist()
-    updated = [headers[fid] if fid in headers else old for fid, old in zip(ids, current, strict=True)]
-    column = frames.schema.get_field_index("wcs_header")
-    write_table_atomic(frames.set_column(column, frames.schema.field(column), pa.array(updated, pa.string())), lake.frames_table, schema)
 
 
 def _replace_rows(path, schema, rows: list[dict]) -> None:

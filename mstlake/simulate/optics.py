@@ -139,6 +139,11 @@ def distortion_terms(rng: np.random.Generator, corner_px: float, corner_rho: flo
     return float(k1), float(k2), float(p1), float(p2)
 
 
+def moffat_alpha(fwhm_px, beta: float):
+    """The Moffat core width of a profile with this FWHM."""
+    return np.asarray(fwhm_px, float) / (2 * np.sqrt(2 ** (1 / beta) - 1))
+
+
 @dataclass(frozen=True)
 class PsfField:
     fwhm_px: float  # at the optical axis
@@ -165,5 +170,5 @@ class PsfField:
         e2 = self.ellipticity * np.sin(2 * phi) + self.astigmatism * rho2 * np.sin(2 * psi)
         e = np.clip(np.hypot(e1, e2), 0, 0.5)
         angle = 0.5 * np.arctan2(e2, e1)
-        alpha = fwhm / (2 * np.sqrt(2 ** (1 / self.beta) - 1))
+        alpha = moffat_alpha(fwhm, self.beta)
         return alpha / np.sqrt(1 - e), alpha * np.sqrt(1 - e), angle, fwhm
