@@ -80,7 +80,8 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
 
     clock.lap("noise")
     # the PSF from bright, clean (no masked or saturated pixel near), isolated stars
-    candidates = sources[(sources.flag == 0) & (sources.snr > cfg.psf_min_snr)].nlargest(cfg.psf_max_stars, "snr")
+    candidates = sources[(sources.flag == 0) & (sources.snr > cfg.psf_min_snr)]
+    candidates = candidates[point_like(candidates)].nlargest(cfg.psf_max_stars, "snr")
     fwhm = float(np.median(candidates.fwhm)) if len(candidates) else float(np.median(sources.fwhm))
     model = psf_kernels.build_psf(residual, noise, hidden, candidates.x, candidates.y, candidates.flux, fwhm=fwhm, gain=gain)
 
@@ -152,6 +153,7 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     try:
         best, chosen = ap.best_aperture(fluxes)
         sample = np.flatnonzero(chosen & clean & psf_ok & np.isfinite(fit.flux))
+        sample = sample[point_like(sources.iloc[sample])]
         sample = sample[np.argsort(-fit.flux[sample])][: cfg.apcorr_max_stars]
         growth, own = neighbour_free_apertures(residual, variance, hidden, model, det_x, det_y, np.nan_to_num(fit.flux), sample)
         reference_index = ap.reference_aperture(growth, np.ones(sample.size, bool))
@@ -189,6 +191,19 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     clock.lap("zero_point")
     cloudy = zero_point is None or zero_point.rms > cfg.cloudy_zero_point_rms
     return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, zero_point, problem, cloudy, best, reference_index, correction, measured_correction)
+
+
+def point_like(sources: pd.DataFrame, *, width_range: tuple[float, float] = (0.67, 1.5), max_elongation_excess: float = 0.3) -> np.ndarray:
+    """Detections shaped like the frame's stars: FWHM within ``width_range`` times the median and
+    elongation (a / b) at most the median's plus ``max_elongation_excess``. Satellite-track pieces,
+    galaxies and merged pairs are often the brightest clean detections on a frame, and one of them
+    among the ePSF's stars bends its wings."""
+    if not len(sources):
+        return np.zeros(0, bool)
+    fwhm = sources.fwhm.values
+    elongation = sources.a.values / np.maximum(sources.b.values, 1e-6)
+    typical_fwhm, typical_elongation = np.median(fwhm), np.median(elongation)
+    return (fwhm >= width_range[0] * typical_fwhm) & (fwhm <= width_range[1] * typical_fwhm) & (elongation <= typical_elongation + max_elongation_excess)
 
 
 def unresolved_blends(x, y, brightness, separation_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

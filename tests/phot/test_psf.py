@@ -134,3 +134,28 @@ def test_neighbour_free_growth_uses_each_stars_own_psf_where_it_is():
     there = psf_kernels.model_image(shape, model, x[sample], y[sample], flux[sample])
     expected = ap.aperture_fluxes(there, np.zeros(shape), x[sample], y[sample])
     assert np.allclose(own.flux, expected.flux, rtol=1e-4)
+
+
+def test_psf_stars_leave_out_track_pieces_galaxies_and_merged_pairs():
+    """The brightest clean detections on a frame are often not stars: sep's own shapes must tell."""
+    from mstlake.astrom.extract import extract_sources
+    from mstlake.phot.frame import point_like
+
+    rng = np.random.default_rng(11)
+    gx, gy = np.meshgrid(np.arange(9), np.arange(6))
+    x, y = 30 + gx.ravel() * 42 + rng.uniform(0, 1, gx.size), 30 + gy.ravel() * 42 + rng.uniform(0, 1, gx.size)
+    image = moffat_stars(SHAPE, x, y, np.full(x.size, 3e4), fwhm=2.6)
+    intruders = {"track piece": (61.0, 51.0), "galaxy": (230.0, 135.0), "merged pair": (355.0, 220.0)}
+    image[51, 48:75] += 8e3  # a short, bright satellite-track segment
+    image += moffat_stars(SHAPE, [230.0], [135.0], [2e5], fwhm=8.0)
+    image += moffat_stars(SHAPE, [353.2, 356.8], [220.0, 220.0], [6e4, 6e4], fwhm=2.6)  # 1.4 FWHM apart: sep sees one source
+    image += rng.normal(0, np.sqrt(SKY_VARIANCE), SHAPE)
+    found = extract_sources(image, np.full(SHAPE, SKY_VARIANCE, np.float32), np.zeros(SHAPE, np.uint16))
+    sources = found.sources
+    stellar = point_like(sources)
+    for name, (ix, iy) in intruders.items():
+        nearest = np.argmin(np.hypot(sources.x - ix, sources.y - iy))
+        assert np.hypot(sources.x.iloc[nearest] - ix, sources.y.iloc[nearest] - iy) < 4, name
+        assert not stellar[nearest], name
+    star_rows = [np.argmin(np.hypot(sources.x - xi, sources.y - yi)) for xi, yi in zip(x, y, strict=True)]
+    assert stellar[star_rows].mean() > 0.95
