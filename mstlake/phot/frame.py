@@ -132,8 +132,9 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
     start_flux = np.where(matched_detection >= 0, np.nan_to_num(fit.flux[held_by]) * catalogue_flux / np.maximum(detection_total[held_by], 1e-300), 0.0)
     blend, blend_x, blend_y = unresolved_blends(rx, ry, catalogue_flux, cfg.blend_separation_fwhm * model.fwhm)
     n_fit = blend_x.size
+    scene_x, scene_y = np.concatenate([blend_x, det_x[others]]), np.concatenate([blend_y, det_y[others]])
     forced_fit = psf_kernels.psf_photometry(
-        residual, noise, hidden, model, np.concatenate([blend_x, det_x[others]]), np.concatenate([blend_y, det_y[others]]),
+        residual, noise, hidden, model, scene_x, scene_y,
         np.concatenate([np.bincount(blend, weights=start_flux, minlength=n_fit), np.nan_to_num(fit.flux[others])]), fit_position=False, gain=gain, iterations=cfg.forced_iterations,
     )
     share = catalogue_flux / np.bincount(blend, weights=catalogue_flux, minlength=n_fit)[blend]
@@ -155,7 +156,11 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
         sample = np.flatnonzero(chosen & clean & psf_ok & np.isfinite(fit.flux))
         sample = sample[point_like(sources.iloc[sample])]
         sample = sample[np.argsort(-fit.flux[sample])][: cfg.apcorr_max_stars]
-        growth, own = neighbour_free_apertures(residual, variance, hidden, model, det_x, det_y, np.nan_to_num(fit.flux), sample)
+        # every star the forced photometry fitted, catalogue stars included: faint ones that the
+        # detection missed beside a bright star (in its wings) would otherwise stay in its large apertures
+        scene = scene_index_of_detections(len(sources), matched_detection, blend, others)
+        sample = sample[scene[sample] >= 0]
+        growth, own = neighbour_free_apertures(residual, variance, hidden, model, scene_x, scene_y, np.nan_to_num(forced_fit.flux), scene[sample])
         reference_index = ap.reference_aperture(growth, np.ones(sample.size, bool))
         mag_sample, _ = ap.magnitudes(growth.flux, growth.flux_err)
         measured_correction = ap.aperture_correction(det_x[sample], det_y[sample], mag_sample[:, best], mag_sample[:, reference_index], shape=(ny, nx))
@@ -204,6 +209,22 @@ def point_like(sources: pd.DataFrame, *, width_range: tuple[float, float] = (0.6
     elongation = sources.a.values / np.maximum(sources.b.values, 1e-6)
     typical_fwhm, typical_elongation = np.median(fwhm), np.median(elongation)
     return (fwhm >= width_range[0] * typical_fwhm) & (fwhm <= width_range[1] * typical_fwhm) & (elongation <= typical_elongation + max_elongation_excess)
+
+
+def scene_index_of_detections(n_detections: int, matched_detection, blend, others) -> np.ndarray:
+    """Where each detection sits among the forced photometry's fitted stars (the catalogue's
+    blend groups, then the detections the catalogue does not hold, ``others``): its group when it
+    holds exactly one catalogue star that is fitted alone, its own entry when it holds none, -1
+    when it holds several (its light is shared out)."""
+    matched_detection, blend, others = (np.asarray(a, int) for a in (matched_detection, blend, others))
+    index = np.full(n_detections, -1)
+    index[others] = blend.max(initial=-1) + 1 + np.arange(others.size)
+    held = matched_detection >= 0
+    stars_held = np.bincount(matched_detection[held], minlength=n_detections)
+    group_size = np.bincount(blend, minlength=blend.max(initial=-1) + 1)
+    single = held & (stars_held[np.maximum(matched_detection, 0)] == 1) & (group_size[blend] == 1)
+    index[matched_detection[single]] = blend[single]
+    return index
 
 
 def unresolved_blends(x, y, brightness, separation_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -111,6 +111,19 @@ def test_unresolved_catalogue_pair_is_fitted_as_one_and_shared():
     assert gx[group[2]] == 140.0 and gy[group[2]] == 60.0
 
 
+def test_detections_find_their_place_among_the_forced_photometrys_stars():
+    from mstlake.phot.frame import scene_index_of_detections
+
+    # detections 0..4; catalogue stars: 0 -> detection 1 (alone), 1 and 2 -> detection 3 (one
+    # detection holding two stars), 3 and 4 an unresolved blend (group 3) held by detection 4,
+    # 5 unmatched; detections 0 and 2 are not in the catalogue
+    matched_detection = np.array([1, 3, 3, 4, 4, -1])
+    blend = np.array([0, 1, 2, 3, 3, 4])
+    others = np.array([0, 2])
+    index = scene_index_of_detections(5, matched_detection, blend, others)
+    assert list(index) == [5, 0, 6, -1, -1]
+
+
 def test_neighbour_free_growth_uses_each_stars_own_psf_where_it_is():
     from mstlake.phot import aperture as ap
     from mstlake.phot.frame import neighbour_free_apertures
