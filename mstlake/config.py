@@ -218,11 +218,22 @@ class PhotometryConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    partition_order: int  # NESTED HEALPix order of the archive's data partitions
+    lock_timeout_s: float  # how long a writer waits for another writer before giving up
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.partition_order <= 13:
+            raise ConfigError(f"archive.partition_order must be 0-13 (coarse pixels: every commit writes a file per pixel it touches), not {self.partition_order}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     inventory: InventoryConfig
     calibration: CalibrationConfig
     astrometry: AstrometryConfig
     photometry: PhotometryConfig
+    archive: ArchiveConfig
 
 
 # --------------------------------------------------------------------------------------------------

@@ -123,6 +123,25 @@ class LakePaths:
         """Forced photometry of the reference stars on one field, band and night (Parquet)."""
         return self.forced_dir / field / band / f"{night}.parquet"
 
+    @property
+    def archive_dir(self) -> Path:
+        """The light-curve archive (DuckLake): its catalogue of snapshots, its data files, its writer lock."""
+        return self.root / "archive"
+
+    @property
+    def archive_catalogue(self) -> Path:
+        """The archive's snapshot catalogue (SQLite), kept outside the data directory."""
+        return self.archive_dir / "catalogue.sqlite"
+
+    @property
+    def archive_data(self) -> Path:
+        """The archive's Parquet data files, laid out <schema>/<table>/healpix_partition=<pixel>/ by DuckLake."""
+        return self.archive_dir / "data"
+
+    @property
+    def archive_writer_lock(self) -> Path:
+        return self.archive_dir / "writer.lock"
+
     def reference_catalogue(self, field: str) -> Path:
         """The field's reference catalogue, cut to the field with a margin (Parquet)."""
         return self.root / "reference" / f"{field}.parquet"

@@ -41,11 +41,29 @@ def field():
 
 def test_epsf_matches_the_pixel_integrated_profile(field):
     _, _, _, _, _, model = field
+    assert model.oversampling == 1  # FWHM 2.6 px: a grid at the pixel pitch suffices
     rows, cols, built = model.phase_stamps(4).evaluate([150.3], [100.0])
     true = moffat_stars(SHAPE, [150.3], [100.0], [1.0], fwhm=2.6)[rows[0][:, None], cols[0][None, :]]
     assert np.abs(built[0] - true).max() < 0.03 * true.max()
     assert built.sum() == pytest.approx(true.sum(), rel=0.005)
     assert model.fwhm == pytest.approx(2.6, rel=0.15)
+
+
+def test_undersampled_psf_gets_a_finer_grid_and_still_matches():
+    """Below WELL_SAMPLED_FWHM the model is oversampled 2x; the well-sampled one is at the pixel pitch."""
+    rng = np.random.default_rng(8)
+    gx, gy = np.meshgrid(np.arange(10), np.arange(7))
+    x, y = 25 + gx.ravel() * 41 + rng.uniform(0, 1, gx.size), 25 + gy.ravel() * 41 + rng.uniform(0, 1, gx.size)
+    flux = 10 ** rng.uniform(4.5, 5.5, x.size)
+    truth = moffat_stars(SHAPE, x, y, flux, fwhm=1.4)
+    image = truth + rng.normal(0, np.sqrt(SKY_VARIANCE + truth))
+    model = psf_kernels.build_psf(image, np.full(SHAPE, SKY_VARIANCE), np.zeros(SHAPE, bool), x, y, flux, fwhm=1.4, gain=1.0, degree=0)
+    assert model.oversampling == 2
+    for phase in (0.0, 0.3, 0.5):
+        rows, cols, built = model.phase_stamps(4).evaluate([150.0 + phase], [100.0 + phase])
+        true = moffat_stars(SHAPE, [150.0 + phase], [100.0 + phase], [1.0], fwhm=1.4)[rows[0][:, None], cols[0][None, :]]
+        assert np.abs(built[0] - true).max() < 0.03 * true.max()
+        assert built.sum() == pytest.approx(true.sum(), rel=0.005)
 
 
 def test_psf_fit_recovers_fluxes_and_positions_at_the_noise(field):
