@@ -211,7 +211,7 @@ def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, refere
         err_console.print(f"[yellow]astrometry and photometry skipped:[/] {escape(str(err))}", soft_wrap=True)
         return None
     pipeline = cfg.load_pipeline(config_dir)
-    result = measure_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, progress=progress)
+    result = measure_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, progress=progress)
     console.print(
         f"astrometry: {result.solved} frames solved, {len(result.failed)} not ({len(reference)} reference stars); solutions in [cyan]{lake.astrometry_table}[/]\n"
         f"photometry: {result.calibrated} frames flux-calibrated ({len(result.cloudy)} flagged cloudy); zero points in [cyan]{lake.photometry_table}[/], "

@@ -3,6 +3,9 @@ import pytest
 from click.testing import CliRunner
 
 from mstlake.cli import main
+from mstlake.config import load_pipeline
+from mstlake.lake.archive import Archive
+from mstlake.paths import LakePaths
 
 
 @pytest.mark.parametrize("command", [[], ["simulate"], ["inventory"], ["ingest"], ["demo"]])
@@ -22,10 +25,14 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert set(frames.telescope) == {"MST1", "MST2", "MST3"} and set(frames.band) == {"g", "r", "i"}
     assert set(frames.type) == {"bias", "dark", "flat", "science"}
     assert len(quarantine) == 7
-    # running it again is idempotent: same lake
+    archive = Archive(LakePaths(tmp_path / "mstlake-demo/lake"), load_pipeline().archive)
+    points = archive.reader().execute("SELECT count(*), count(DISTINCT frame_id) FROM lake.forced").fetchone()
+    assert points[0] > 1000 and points[1] >= 30
+    # running it again is idempotent: same lake, no light-curve point twice
     again = CliRunner().invoke(main, ["demo", "--quiet"])
     assert again.exit_code == 0
     assert len(pq.read_table(tmp_path / "mstlake-demo/lake/tables/frames.parquet")) == len(frames)
+    assert archive.reader().execute("SELECT count(*), count(DISTINCT frame_id) FROM lake.forced").fetchone() == points
 
 
 def test_inventory_exit_codes(tmp_path):

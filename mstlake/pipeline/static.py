@@ -9,7 +9,9 @@ the reason and the rest go on. Outputs:
   the frames it measured);
 * per field, band and night, the ``sources`` (every detection) and ``forced_photometry`` (every
   reference star at its catalogue position) files, each written whole and atomically, and each
-  frame's WCS in the cube's attributes (``mstlake.lake.cubes.frame_wcs``).
+  frame's WCS in the cube's attributes (``mstlake.lake.cubes.frame_wcs``);
+* each night's forced photometry as light-curve points in the archive (``mstlake.lake.archive``),
+  one snapshot per night; a night already there adds nothing.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import pyarrow as pa
 
 from mstlake.astrom import frame as frame_kernel
 from mstlake.astrom import solve
-from mstlake.config import AstrometryConfig, InstrumentConfig, PhotometryConfig
-from mstlake.lake import cubes
+from mstlake.config import ArchiveConfig, AstrometryConfig, InstrumentConfig, PhotometryConfig
+from mstlake.lake import cubes, healpix
+from mstlake.lake.archive import Archive
 from mstlake.lake.tables import read_table, update_column, write_table_atomic
 from mstlake.paths import LakePaths
 from mstlake.phot import aperture as ap
@@ -121,13 +124,15 @@ def _forced_table(frame_id: int, measured: FramePhotometry, reference) -> pa.Tab
     return load_schema("forced_photometry").from_columns(columns)
 
 
-def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, progress: bool = True) -> StaticResult:
-    """Solve and measure every frame in the field's cubes; write the tables and files."""
+def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, archive_cfg: ArchiveConfig, progress: bool = True) -> StaticResult:
+    """Solve and measure every frame in the field's cubes; write the tables and files, and commit
+    each night's light-curve points to the archive (one snapshot per night)."""
     frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
     table = reference.to_pandas() if isinstance(reference, pa.Table) else pd.DataFrame(reference)
     pixel_scale_deg = instrument.detector.pixel_scale_arcsec / 3600
     gain = instrument.detector.gain_e_per_adu
     per_cube, n_frames = [], 0
+    positions = table[["source_id", "ra", "dec"]]
     for _, band, night, store in lake.field_cubes(field):
         tasks = []
         for index, frame_id in enumerate(cubes.open_store(store).frame_id.values):
@@ -136,7 +141,8 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
             pointing = (float(row.ra_pointing), float(row.dec_pointing))
             tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, table, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
         n_frames += len(tasks)
-        per_cube.append(dask.delayed(_write_night)(lake, field, band, night, store, tasks, dask_key_name=f"static-night-{field}-{band}-{night}"))
+        mjd = {int(fid): float(frames.loc[int(fid), "mjd"]) for fid in cubes.open_store(store).frame_id.values}
+        per_cube.append(dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, mjd=mjd, archive_cfg=archive_cfg, dask_key_name=f"static-night-{field}-{band}-{night}"))
     with dask_progress("astrometry and photometry", n_frames, key_prefix="static-frame-", enabled=progress):
         nights = list(dask.compute(*per_cube, scheduler=astrometry_cfg.scheduler, num_workers=astrometry_cfg.workers))
     astrometry_rows = [row for night in nights for row in night[0]]
@@ -158,16 +164,37 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     )
 
 
-def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results) -> tuple[list[dict], list[dict]]:
+def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results, *, reference: pd.DataFrame, mjd: dict[int, float], archive_cfg: ArchiveConfig) -> tuple[list[dict], list[dict]]:
     """Write one night's sources and forced photometry (whole files, atomically) and the frames'
-    WCS into the cube's attributes; pass the rows on."""
+    WCS into the cube's attributes, commit its light-curve points to the archive; pass the rows on."""
     cubes.set_frame_wcs(store, {r[0]["frame_id"]: r[0]["wcs_header"] for r in results if r[0]["wcs_header"]})
     sources = [r[2] for r in results if r[2] is not None]
     forced = [r[3] for r in results if r[3] is not None]
     for tables, path, name in ((sources, lake.sources_file(field, band, night), "sources"), (forced, lake.forced_file(field, band, night), "forced_photometry")):
         schema = load_schema(name)
         write_table_atomic(pa.concat_tables(tables) if tables else schema.empty(), path, schema)
+    if forced:
+        points = light_curve_points(pa.concat_tables(forced), reference, mjd, band, partition_order=archive_cfg.partition_order)
+        Archive(lake, archive_cfg).commit({"forced": points}, message=f"{field} {band} night {night}")
     return [r[0] for r in results], [r[1] for r in results]
+
+
+def light_curve_points(forced: pa.Table, reference: pd.DataFrame, mjd: dict[int, float], band: str, *, partition_order: int) -> pa.Table:
+    """A night's forced photometry (``forced_photometry`` schema) as the archive's light-curve
+    points (``forced``): the object's HEALPix index from its catalogue position, the frame's mjd."""
+    f = forced.to_pandas()
+    where = pd.Series(np.arange(len(reference)), index=reference.source_id.values)
+    row = where.reindex(f.source_id.values).values
+    if np.isnan(row).any():
+        raise ValueError(f"{int(np.isnan(row).sum())} forced-photometry rows name sources that are not in the reference catalogue")
+    row = row.astype(int)
+    index = healpix.spatial_index(reference.ra.values[row], reference.dec.values[row])
+    return load_schema("forced").from_columns({
+        "_healpix_29": index, "healpix_partition": healpix.parent_pixel(index, partition_order).astype(np.int32),
+        "object_id": f.source_id.values, "frame_id": f.frame_id.values, "mjd": f.frame_id.map(mjd).values, "band": np.full(len(f), band),
+        "flux": f.flux.values, "flux_err": f.flux_err.values, "mag": f.mag.values, "mag_err": f.mag_err.values,
+        "mag_magfit": np.full(len(f), np.nan, np.float32), "flag": f.flag.values,
+    })
 
 
 def _transparency(rows: list[dict], frames: pd.DataFrame) -> None:

@@ -90,6 +90,31 @@ def test_sources_and_forced_files_open_in_duckdb_with_every_aperture(solved_lake
     assert negative[0] > 0 and negative[1] >= negative[0]  # non-detections keep their (negative) flux, without a magnitude
 
 
+def test_each_nights_light_curve_points_are_in_the_archive_once(solved_lake, pipeline_config):
+    import duckdb
+    import healpy as hp
+    import pyarrow.parquet as pq
+
+    from mstlake.lake.archive import Archive
+
+    paths, lake, _, _ = solved_lake
+    archive = Archive(lake, pipeline_config.archive)
+    con = archive.reader()
+    points = con.execute("SELECT object_id, frame_id, mjd, flux, _healpix_29, healpix_partition FROM lake.forced").df()
+    snapshots = con.execute("SELECT count(*) FROM lake.snapshots() WHERE commit_message LIKE 'f02 % night %'").fetchone()[0]
+    con.close()
+    files = duckdb.sql(f"select frame_id, source_id, flux from '{lake.tables_dir}/forced_photometry/*/*/*.parquet'").df()
+    assert len(points) == len(files) > 0 and snapshots == len(lake.field_cubes("f02"))
+    assert not points.duplicated(["object_id", "frame_id"]).any()
+    library = pq.read_table(paths.standard_library).to_pandas().set_index("source_id")
+    sample = points.sample(200, random_state=1)
+    expected = hp.ang2pix(2**29, library.ra.loc[sample.object_id].values, library.dec.loc[sample.object_id].values, nest=True, lonlat=True)
+    assert (sample._healpix_29.values == expected).all()
+    assert (sample.healpix_partition.values == expected >> 2 * (29 - pipeline_config.archive.partition_order)).all()
+    frames = pq.read_table(lake.frames_table).to_pandas().set_index("frame_id")
+    assert np.allclose(sample.mjd.values, frames.mjd.loc[sample.frame_id].values)
+
+
 @pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")  # nested-pandas, under lsdb, uses what pandas 3.1 deprecates
 def test_a_hats_reference_catalogue_gives_the_same_stars(solved_lake, tmp_path):
     import lsdb
