@@ -215,7 +215,8 @@ def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, refere
     console.print(
         f"astrometry: {result.solved} frames solved, {len(result.failed)} not ({len(reference)} reference stars); solutions in [cyan]{lake.astrometry_table}[/]\n"
         f"photometry: {result.calibrated} frames flux-calibrated ({len(result.cloudy)} flagged cloudy); zero points in [cyan]{lake.photometry_table}[/], "
-        f"detections and forced photometry in [cyan]{lake.sources_dir}[/] and [cyan]{lake.forced_dir}[/]"
+        f"detections and forced photometry in [cyan]{lake.sources_dir}[/] and [cyan]{lake.forced_dir}[/]; "
+        f"light-curve points in the archive [cyan]{lake.archive_dir}[/] (DuckLake: mstlake.lake.archive.Archive(...).reader())"
     )
     for frame_id, reason in result.failed:
         err_console.print(f"[yellow]frame {frame_id} not solved:[/] {escape(str(reason))}", soft_wrap=True)
