@@ -113,11 +113,60 @@ def ingest(field_name, raw_dir, lake_dir, force, quiet, config_dir):
     solve and TAN-SIP against the field's reference catalogue) and photometry (an ePSF varying
     across the detector, PSF photometry of every detection with its neighbours subtracted, forced
     photometry of every reference star, 25 apertures with the aperture correction, a zero-point
-    surface from the standards, cloudy frames flagged). The archive joins as it lands.
+    surface from the standards, cloudy frames flagged), and each night's light-curve points
+    committed to the archive in one snapshot.
     """
     report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force)
     if not report.usable:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("query")
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
+@click.option("--release", default=None, help="Query a named release (e.g. DR1) instead of the last committed snapshot.")
+@click.option("--format", "output_format", type=click.Choice(["table", "csv", "parquet"]), default="table", show_default=True, help="How to write the result.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the result to this file (required for parquet; csv goes to stdout without it).")
+def sql(query, lake_dir, release, output_format, out_file):
+    """Run a read-only SQL query on a lake and print or write the result.
+
+    The lake's tables are views of the same name: frames, quarantine, calibration_log,
+    astrometry, photometry, sources, and forced (the archive's light-curve points). QUERY is SQL
+    text or the path of a .sql file (the files in queries/ run as they are). Example:
+
+        mstlake sql --lake data/lake "SELECT object_id, count(*) FROM forced GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
+    """
+    import duckdb
+
+    from mstlake.lake.archive import ArchiveError
+    from mstlake.query import open_lake
+
+    text = Path(query).read_text() if query.endswith(".sql") and Path(query).is_file() else query
+    if output_format == "parquet" and out_file is None:
+        raise click.UsageError("--format parquet needs --out FILE")
+    try:
+        con = open_lake(lake_dir, release=release)
+        result = con.sql(text)
+        if result is None:
+            _fail("the statement returned no rows (only queries that return a result are useful here)")
+        if output_format == "parquet":
+            result.write_parquet(str(out_file))
+            console.print(f"{len(result)} rows written to [cyan]{out_file}[/]")
+        elif output_format == "csv":
+            frame = result.df()
+            if out_file is None:
+                click.echo(frame.to_csv(index=False), nl=False)
+            else:
+                frame.to_csv(out_file, index=False)
+                console.print(f"{len(frame)} rows written to [cyan]{out_file}[/]")
+        else:
+            frame = result.df()
+            table = Table(*[str(c) for c in frame.columns])
+            for row in frame.itertuples(index=False):
+                table.add_row(*[str(v) for v in row])
+            console.print(table)
+    except (FileNotFoundError, ArchiveError, duckdb.Error) as err:
+        _fail(str(err))
 
 
 @main.command("export-masters")
