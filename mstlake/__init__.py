@@ -7,4 +7,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "open_lake"]
+
+
+def __getattr__(name: str):
+    if name == "open_lake":  # mstlake.open_lake(path): imported on first use (it brings DuckDB in)
+        from mstlake.query import open_lake
+
+        return open_lake
+    raise AttributeError(f"module 'mstlake' has no attribute {name!r}")

@@ -36,8 +36,10 @@ def test_observing_log_sky_rates_are_physical(lake):
 
 
 def test_open_lake_gives_every_table_and_the_archive_read_only(lake):
+    import mstlake
     from mstlake.query import open_lake
 
+    assert mstlake.open_lake is open_lake
     con = open_lake(lake.root)
     views = {row[0] for row in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     assert {"frames", "quarantine", "astrometry", "photometry", "sources", "forced"} <= views
