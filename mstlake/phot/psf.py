@@ -152,7 +152,7 @@ class PhaseStamps:
 # building the model
 
 
-def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, x, y, flux, *, fwhm: float, gain: float | None = None, half: int | None = None, degree: int | None = None, oversampling: int | None = None, iterations: int = 2, passes: int = 6, clip_sigma: float = 4.0) -> EffectivePSF:
+def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, x, y, flux, *, fwhm: float, gain: float | None = None, half: int | None = None, degree: int | None = None, oversampling: int | None = None, iterations: int = 2, passes: int = 4, clip_sigma: float = 4.0) -> EffectivePSF:
     """An ePSF from bright isolated stars at (x, y) with first-guess fluxes, on a background-
     subtracted ``residual`` (noise as in ``psf_photometry``). ``degree`` of the spatial
     polynomial follows the number of stars when not given (each node needs samples from enough
