@@ -115,6 +115,11 @@ class LakePaths:
     def forced_dir(self) -> Path:
         return self.tables_dir / "forced_photometry"
 
+    @property
+    def sources_pattern(self) -> str:
+        """A glob that matches every per-night ``sources`` file (for DuckDB's read_parquet)."""
+        return str(self.sources_dir / "*" / "*" / "*.parquet")
+
     def sources_file(self, field: str, band: str, night: int) -> Path:
         """Every detection on the calibrated frames of one field, band and night (Parquet)."""
         return self.sources_dir / field / band / f"{night}.parquet"

@@ -32,6 +32,14 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
+# the same types as DuckDB column types (the archive's tables are created from these schemas)
+_SQL_TYPES: dict[str, str] = {
+    "bool": "BOOLEAN", "int8": "TINYINT", "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT",
+    "uint8": "UTINYINT", "uint16": "USMALLINT", "float32": "FLOAT", "float64": "DOUBLE", "string": "VARCHAR",
+    "timestamp[us, UTC]": "TIMESTAMPTZ", "list<float32>": "FLOAT[]", "list<float64>": "DOUBLE[]",
+}
+
+
 class SchemaError(ValueError):
     """Data does not match its table schema."""
 
@@ -64,6 +72,11 @@ class TableSchema:
 
     def arrow(self) -> pa.Schema:
         return pa.schema([c.arrow_field() for c in self.columns], metadata={"table": self.name, "description": self.description})
+
+    def sql_columns(self) -> str:
+        """The column list of a SQL ``CREATE TABLE`` for this table (DuckDB types, NOT NULL where
+        the schema says so)."""
+        return ", ".join(f'"{c.name}" {_SQL_TYPES[c.type]}{"" if c.nullable else " NOT NULL"}' for c in self.columns)
 
     def empty(self) -> pa.Table:
         return self.arrow().empty_table()

@@ -34,18 +34,11 @@ import pyarrow as pa
 
 from mstlake.config import ArchiveConfig
 from mstlake.paths import LakePaths
-from mstlake.schemas import TableSchema, load_schema
+from mstlake.schemas import load_schema
 
 ARCHIVE_TABLES = ("forced",)  # partitioned by healpix_partition, keyed by frame_id
 RELEASES = "releases"
 CATALOG = "lake"  # the name the archive is attached under in a DuckDB connection
-
-_SQL_TYPES = {
-    "bool": "BOOLEAN", "int8": "TINYINT", "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT",
-    "uint8": "UTINYINT", "uint16": "USMALLINT", "float32": "FLOAT", "float64": "DOUBLE", "string": "VARCHAR",
-    "timestamp[us, UTC]": "TIMESTAMPTZ", "list<float32>": "FLOAT[]", "list<float64>": "DOUBLE[]",
-}
-
 
 class ArchiveError(RuntimeError):
     """The archive cannot be opened or written (the message says which file and why)."""
@@ -72,17 +65,37 @@ def connect(paths: LakePaths, *, snapshot_id: int | None = None, read_only: bool
     con.execute("LOAD sqlite")
     # absolute paths: DuckLake stores them as given, and other processes start elsewhere; WAL and a
     # busy timeout: without them two overlapping writers can leave the catalogue locked for everyone
-    options = [f"DATA_PATH '{_sql_path(paths.archive_data)}/'", "META_JOURNAL_MODE 'WAL'", "META_BUSY_TIMEOUT 10000"]
+    options = [f"DATA_PATH '{sql_path(paths.archive_data)}/'", "META_JOURNAL_MODE 'WAL'", "META_BUSY_TIMEOUT 10000"]
     if snapshot_id is not None:
         options.append(f"SNAPSHOT_VERSION {int(snapshot_id)}")
     if read_only or snapshot_id is not None:
         options.append("READ_ONLY")
     try:
-        con.execute(f"ATTACH 'ducklake:sqlite:{_sql_path(paths.archive_catalogue)}' AS {CATALOG} ({', '.join(options)})")
+        con.execute(f"ATTACH 'ducklake:sqlite:{sql_path(paths.archive_catalogue)}' AS {CATALOG} ({', '.join(options)})")
     except duckdb.Error as err:
         con.close()
         raise ArchiveError(f"cannot open the archive catalogue {paths.archive_catalogue}: {err}") from err
     return con
+
+
+def releases(paths: LakePaths) -> list[tuple[str, int]]:
+    """(name, snapshot id) of every release of the lake's archive, oldest first."""
+    con = connect(paths, read_only=True)
+    try:
+        return [tuple(row) for row in con.execute(f"SELECT name, snapshot_id FROM {CATALOG}.{RELEASES} ORDER BY snapshot_id").fetchall()]
+    finally:
+        con.close()
+
+
+def open_reader(paths: LakePaths, release: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only connection with the lake's archive attached as ``lake``: the last committed
+    snapshot, or the snapshot of ``release``. Readers need no lock and no configuration."""
+    if release is None:
+        return connect(paths, read_only=True)
+    named = dict(releases(paths))
+    if release not in named:
+        raise ArchiveError(f"no release {release!r} in {paths.archive_dir} (known: {sorted(named) or 'none'})")
+    return connect(paths, snapshot_id=named[release])
 
 
 class Archive:
@@ -132,21 +145,12 @@ class Archive:
 
     def releases(self) -> list[tuple[str, int]]:
         """(name, snapshot id) of every release, oldest first."""
-        con = connect(self.paths, read_only=True)
-        try:
-            return [tuple(row) for row in con.execute(f"SELECT name, snapshot_id FROM {CATALOG}.{RELEASES} ORDER BY snapshot_id").fetchall()]
-        finally:
-            con.close()
+        return releases(self.paths)
 
     def reader(self, release: str | None = None) -> duckdb.DuckDBPyConnection:
         """A read-only connection with the archive attached as ``lake``: the last committed
         snapshot, or the snapshot of ``release``."""
-        if release is None:
-            return connect(self.paths, read_only=True)
-        named = dict(self.releases())
-        if release not in named:
-            raise ArchiveError(f"no release {release!r} in {self.paths.archive_dir} (known: {sorted(named) or 'none'})")
-        return connect(self.paths, snapshot_id=named[release])
+        return open_reader(self.paths, release)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -183,7 +187,7 @@ class Archive:
         for name, schema in self.schemas.items():
             if name in existing:
                 continue
-            con.execute(f"CREATE TABLE {CATALOG}.{name} ({_columns_sql(schema)})")
+            con.execute(f"CREATE TABLE {CATALOG}.{name} ({schema.sql_columns()})")
             if name in ARCHIVE_TABLES:
                 con.execute(f"ALTER TABLE {CATALOG}.{name} SET PARTITIONED BY (healpix_partition)")
 
@@ -207,12 +211,6 @@ class Archive:
         return int(con.execute(f"SELECT id FROM {CATALOG}.current_snapshot()").fetchone()[0])
 
 
-def _columns_sql(schema: TableSchema) -> str:
-    return ", ".join(f'"{c.name}" {_SQL_TYPES[c.type]}{"" if c.nullable else " NOT NULL"}' for c in schema.columns)
-
-
-def _sql_path(path: Path) -> str:
-    text = os.path.abspath(path)
-    if "'" in text:
-        raise ArchiveError(f"the archive's path may not contain a quote: {text}")
-    return text
+def sql_path(path: str | Path) -> str:
+    """An absolute path as the text of a SQL string literal (quotes doubled)."""
+    return os.path.abspath(path).replace("'", "''")

@@ -135,13 +135,14 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     positions = table[["source_id", "ra", "dec"]]
     for _, band, night, store in lake.field_cubes(field):
         tasks = []
-        for index, frame_id in enumerate(cubes.open_store(store).frame_id.values):
+        frame_ids = cubes.open_store(store).frame_id.values
+        for index, frame_id in enumerate(frame_ids):
             row = frames.loc[int(frame_id)]
             keys = {"frame_id": int(frame_id), "field": field, "band": band, "night": night}
             pointing = (float(row.ra_pointing), float(row.dec_pointing))
             tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, table, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
         n_frames += len(tasks)
-        mjd = {int(fid): float(frames.loc[int(fid), "mjd"]) for fid in cubes.open_store(store).frame_id.values}
+        mjd = {int(fid): float(frames.loc[int(fid), "mjd"]) for fid in frame_ids}
         per_cube.append(dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, mjd=mjd, archive_cfg=archive_cfg, dask_key_name=f"static-night-{field}-{band}-{night}"))
     with dask_progress("astrometry and photometry", n_frames, key_prefix="static-frame-", enabled=progress):
         nights = list(dask.compute(*per_cube, scheduler=astrometry_cfg.scheduler, num_workers=astrometry_cfg.workers))
