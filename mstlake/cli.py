@@ -169,6 +169,91 @@ def sql(query, lake_dir, release, output_format, out_file):
         _fail(str(err))
 
 
+@main.command()
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
+@click.option("--ra", type=float, required=True, help="Right ascension, degrees (ICRS).")
+@click.option("--dec", type=float, required=True, help="Declination, degrees (ICRS).")
+@click.option("--radius", type=float, default=1.0, show_default=True, help="Search radius, arcsec: every object within it.")
+@click.option("--band", type=click.Choice(["g", "r", "i"]), default=None, help="Only this band (default: all).")
+@click.option("--release", default=None, help="Read a named release (e.g. DR1) instead of the last committed snapshot.")
+@click.option("--format", "output_format", type=click.Choice(["table", "csv", "parquet"]), default="table", show_default=True, help="How to write the points.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the points to this file (required for parquet).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also draw the light curves (PNG, PDF or SVG by suffix).")
+def lightcurve(lake_dir, ra, dec, radius, band, release, output_format, out_file, plot_file):
+    """Light curves of the objects at a position: every forced-photometry point (for objects the
+    library lacks, every detection), nearest object first. Points flagged, or on cloudy or
+    uncalibrated frames, have good = false (hollow grey in the plot). Example:
+
+        mstlake lightcurve --lake data/lake --ra 116.02 --dec 28.01 --radius 2 --plot lc.png
+    """
+    from mstlake.lake.archive import ArchiveError
+    from mstlake.query.lightcurves import lightcurves_at, plot_lightcurves
+
+    if output_format == "parquet" and out_file is None:
+        raise click.UsageError("--format parquet needs --out FILE")
+    try:
+        points = lightcurves_at(lake_dir, ra, dec, radius_arcsec=radius, band=band, release=release)
+    except (FileNotFoundError, ArchiveError, ValueError) as err:
+        _fail(str(err))
+    if points.empty:
+        _fail(f'no object within {radius:g}" of ({ra:.6f}, {dec:.6f}) in {lake_dir}')
+    if output_format == "parquet":
+        points.to_parquet(out_file, index=False)
+    elif output_format == "csv" or out_file is not None:
+        if out_file is None:
+            click.echo(points.to_csv(index=False), nl=False)
+        else:
+            points.to_csv(out_file, index=False)
+    else:
+        shown = points[["object_id", "separation_arcsec", "band", "mjd", "mag", "mag_err", "mag_magfit", "flag", "good"]]
+        table = Table(*shown.columns)
+        for row in shown.itertuples(index=False):
+            table.add_row(*[f"{v:.5f}" if isinstance(v, float) else str(v) for v in row])
+        console.print(table)
+    summary = points.groupby("object_id", sort=False).agg(points=("mjd", "size"), good=("good", "sum"))
+    console.print(f"{len(summary)} object(s), {len(points)} points ({int(summary.good.sum())} good)" + (f"; written to [cyan]{out_file}[/]" if out_file else ""))
+    if plot_file is not None:
+        console.print(f"plot: [cyan]{plot_lightcurves(points, plot_file, title=f'({ra:.5f}, {dec:.5f})')}[/]")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
+@click.option("--note", default="", help="What the release holds (kept with it).")
+def release(name, lake_dir, note):
+    """Name the archive's current snapshot as a data release (e.g. DR1). A release never changes:
+    later nights do not enter it, and `--release NAME` reads it as it was."""
+    from mstlake.config import load_pipeline
+    from mstlake.lake.archive import Archive, ArchiveError
+
+    try:
+        snapshot = Archive(LakePaths(lake_dir), load_pipeline().archive).release(name, note=note)
+    except ArchiveError as err:
+        _fail(str(err))
+    console.print(f"release [bold]{name}[/] = snapshot {snapshot} of {lake_dir}")
+
+
+@main.command("export-hats")
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
+@click.option("--release", default=None, help="The release to export (default: the last committed snapshot).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory of the HATS collection.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in --out.")
+def export_hats(lake_dir, release, out_dir, overwrite):
+    """Write the archive's objects with their light curves (a nested column) as a HATS collection,
+    with a 2" margin cache and an object_id index, for lsdb:
+
+        lsdb.open_catalog(OUT).id_search(values={"object_id": ...})
+    """
+    from mstlake.lake.archive import ArchiveError
+    from mstlake.lake.hats_export import export_release
+
+    try:
+        result = export_release(LakePaths(lake_dir), out_dir, release=release, overwrite=overwrite)
+    except (FileNotFoundError, ArchiveError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"{result.n_objects} objects, {result.n_points} light-curve points in {result.n_partitions} partitions ({result.n_margin_rows} margin rows): [cyan]{result.out_dir}[/]")
+
+
 @main.command("export-masters")
 @click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
 @click.option("--telescope", required=True, help="MST1, MST2 or MST3.")
@@ -260,7 +345,7 @@ def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, refere
         err_console.print(f"[yellow]astrometry and photometry skipped:[/] {escape(str(err))}", soft_wrap=True)
         return None
     pipeline = cfg.load_pipeline(config_dir)
-    result = measure_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, progress=progress)
+    result = measure_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, magfit_cfg=pipeline.magfit, progress=progress)
     console.print(
         f"astrometry: {result.solved} frames solved, {len(result.failed)} not ({len(reference)} reference stars); solutions in [cyan]{lake.astrometry_table}[/]\n"
         f"photometry: {result.calibrated} frames flux-calibrated ({len(result.cloudy)} flagged cloudy); zero points in [cyan]{lake.photometry_table}[/], "

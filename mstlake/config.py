@@ -221,10 +221,49 @@ class PhotometryConfig:
 class ArchiveConfig:
     partition_order: int  # NESTED HEALPix order of the archive's data partitions
     lock_timeout_s: float  # how long a writer waits for another writer before giving up
+    association_radius_arcsec: float = 1.0  # a detection joins the nearest object within this
 
     def __post_init__(self) -> None:
         if not 0 <= self.partition_order <= 13:
             raise ConfigError(f"archive.partition_order must be 0-13 (coarse pixels: every commit writes a file per pixel it touches), not {self.partition_order}")
+        if not 0 < self.association_radius_arcsec <= 60:
+            raise ConfigError(f"archive.association_radius_arcsec must be in (0, 60], not {self.association_radius_arcsec}")
+
+
+@dataclass(frozen=True)
+class MagfitConfig:
+    """magfit (``mstlake.phot.magfit``): ensemble fitting of each frame's magnitudes to a master
+    reference. Magnitudes and errors in mag; ``[magfit]`` in pipeline.toml."""
+
+    enabled: bool = True  # store magfit magnitudes with the light-curve points
+
+    position_degree: int = 2  # of the polynomial in detector position (0 = constant offset)
+    magnitude_degree: int = 1  # of the polynomial in (mag_master - m0): 0, 1 or 2
+    colour_term: bool = True  # fit a linear colour term when colours are given
+    max_error: float = 0.03  # only stars with smaller errors on a frame enter its fit
+    error_floor: float = 0.002  # added in quadrature to the errors: the brightest stars do not decide alone
+    clip_sigma: float = 3.0  # residuals beyond this many robust (MAD) standard deviations, and errors, are clipped
+    clip_iterations: int = 5  # fit-and-clip passes per frame and round
+    min_stars: int = 20  # a frame with fewer good stars (matched to the master) is not corrected
+    stars_per_parameter: int = 5  # the model loses terms until every term has this many stars
+    min_frames: int = 3  # a star needs this many good measurements to get a master magnitude
+    max_iterations: int = 10  # rounds of fit-to-master and master update
+    tolerance: float = 1e-4  # convergence: rms change of the master between rounds
+
+    def __post_init__(self):
+        if self.position_degree < 0:
+            raise ConfigError(f"magfit.position_degree must be >= 0, got {self.position_degree}")
+        if self.magnitude_degree not in (0, 1, 2):
+            raise ConfigError(f"magfit.magnitude_degree must be 0, 1 or 2, got {self.magnitude_degree}")
+        if not self.max_error > 0 or self.error_floor < 0:
+            raise ConfigError(f"max_error must be > 0 and error_floor >= 0, got {self.max_error} and {self.error_floor}")
+        if not self.clip_sigma > 0 or self.clip_iterations < 1:
+            raise ConfigError(f"clip_sigma must be > 0 and clip_iterations >= 1, got {self.clip_sigma} and {self.clip_iterations}")
+        if self.min_stars < 1 or self.stars_per_parameter < 1 or self.min_frames < 1 or self.max_iterations < 1:
+            raise ConfigError("min_stars, stars_per_parameter, min_frames and max_iterations must be >= 1")
+        if not self.tolerance > 0:
+            raise ConfigError(f"tolerance must be > 0, got {self.tolerance}")
+
 
 
 @dataclass(frozen=True)
@@ -234,6 +273,7 @@ class PipelineConfig:
     astrometry: AstrometryConfig
     photometry: PhotometryConfig
     archive: ArchiveConfig
+    magfit: MagfitConfig = MagfitConfig()
 
 
 # --------------------------------------------------------------------------------------------------

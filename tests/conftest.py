@@ -95,5 +95,5 @@ def solved_lake(calibrated_lake, fields, instrument, pipeline_config):
     paths, lake, _ = calibrated_lake
     field = field_with_simulated_reference(fields, paths)
     reference = load_reference(field, lake, base=paths.raw)
-    result = measure_field(lake, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, progress=False)
+    result = measure_field(lake, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, magfit_cfg=pipeline_config.magfit, progress=False)
     return paths, lake, field, result

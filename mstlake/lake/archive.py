@@ -17,6 +17,14 @@ transactions commit, and on a PostgreSQL catalogue two appends would not even co
 anti-join alone could let duplicates through. Data files are partitioned by ``healpix_partition``
 (a coarse NESTED pixel) and sorted by ``_healpix_29`` inside, so that DuckDB and pyarrow prune by
 position. The tables' columns come from ``schemas/`` like every other table.
+
+A commit also keeps ``objects`` true: library stars the night measured are seeded from the
+reference library, each new detection is associated with the nearest object within
+``association_radius_arcsec`` (objects read from the detections' partitions and their
+neighbours, so pixel edges do not split an object), detections that match nothing become new
+objects (friends-of-friends within the radius, so a transient seen on several frames is one
+object), and the touched objects' rows are replaced by rows with refreshed statistics (DuckLake
+writes delete files for the old rows: no data file is rewritten).
 """
 
 from __future__ import annotations
@@ -30,15 +38,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from mstlake.config import ArchiveConfig
+from mstlake.lake import associate, healpix
 from mstlake.paths import LakePaths
 from mstlake.schemas import load_schema
 
-ARCHIVE_TABLES = ("forced",)  # partitioned by healpix_partition, keyed by frame_id
+# archive table -> its schema; every one partitioned by healpix_partition
+TABLE_SCHEMAS = {"frames": "archive_frames", "sources": "archive_sources", "forced": "forced", "objects": "objects"}
+NIGHT_TABLES = ("frames", "sources", "forced")  # appended per night, keyed by frame_id
+ARCHIVE_TABLES = tuple(TABLE_SCHEMAS)
 RELEASES = "releases"
 CATALOG = "lake"  # the name the archive is attached under in a DuckDB connection
+BANDS = ("g", "r", "i")
+NEW_OBJECT_BASE = 9_000_000_000_000_000_000  # new objects' ids count up from here: above any Gaia DR3 source_id
 
 class ArchiveError(RuntimeError):
     """The archive cannot be opened or written (the message says which file and why)."""
@@ -49,6 +64,7 @@ class CommitResult:
     snapshot_id: int | None  # None when there was nothing new to add (no snapshot is made)
     rows_added: dict[str, int]
     frames_skipped: int  # frames already in the archive
+    new_objects: int = 0  # objects created from detections that matched nothing
 
 
 def connect(paths: LakePaths, *, snapshot_id: int | None = None, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -103,25 +119,44 @@ class Archive:
 
     def __init__(self, paths: LakePaths, cfg: ArchiveConfig):
         self.paths, self.cfg = paths, cfg
-        self.schemas = {name: load_schema(name) for name in (*ARCHIVE_TABLES, RELEASES)}
+        self.schemas = {name: load_schema(schema) for name, schema in (*TABLE_SCHEMAS.items(), (RELEASES, RELEASES))}
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def commit(self, tables: Mapping[str, pa.Table], *, message: str) -> CommitResult:
-        """Add one night's rows (table name -> Arrow table in that table's schema) in a single
-        snapshot. Rows of frames already in a table are skipped; nothing new makes no snapshot."""
-        unknown = set(tables) - set(ARCHIVE_TABLES)
+    def commit(self, tables: Mapping[str, pa.Table], *, message: str, library: pa.Table | None = None, masters: pa.Table | None = None, refresh_objects: bool = True) -> CommitResult:
+        """Add one night's rows (``frames``, ``sources``, ``forced``: name -> Arrow table in that
+        table's schema) in a single snapshot, and bring ``objects`` up to date with them. Rows of
+        frames already in a table are skipped; nothing new makes no snapshot.
+
+        ``sources`` rows are associated here: their ``object_id`` and ``separation_arcsec`` are
+        assigned, whatever they hold. ``library`` (``source_id``, ``ra``, ``dec``) seeds the objects
+        of library stars in ``forced``; ``masters`` (``object_id``, ``band``, ``master``) gives
+        magfit master magnitudes to objects that have none yet (a master, once set, stays). With
+        ``refresh_objects=False`` new objects are added without statistics and existing ones are
+        left as they are (bulk loads: call ``refresh_objects`` once at the end)."""
+        unknown = set(tables) - set(NIGHT_TABLES)
         if unknown:
-            raise ArchiveError(f"not archive tables: {sorted(unknown)} (known: {list(ARCHIVE_TABLES)})")
+            raise ArchiveError(f"not night tables of the archive: {sorted(unknown)} (known: {list(NIGHT_TABLES)})")
         incoming = {name: self.schemas[name].conform(table) for name, table in tables.items()}
         with self._writer() as con:
             con.execute("BEGIN")
             try:
                 added, skipped = {}, 0
                 for name, table in incoming.items():
-                    rows, already = self._append(con, name, table)
-                    added[name], skipped = rows, max(skipped, already)
+                    con.register(f"incoming_{name}", table)
+                    skipped = max(skipped, con.execute(f"SELECT count(DISTINCT frame_id) FROM incoming_{name} SEMI JOIN {CATALOG}.{name} USING (frame_id)").fetchone()[0])
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE new_{name} AS SELECT * FROM incoming_{name} ANTI JOIN {CATALOG}.{name} USING (frame_id)")
+                    con.unregister(f"incoming_{name}")
+                for name in set(NIGHT_TABLES) - set(incoming):  # absent tables add no rows
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE new_{name} AS SELECT * FROM {CATALOG}.{name} LIMIT 0")
+                new_objects = self._stage_objects(con, library, has_sources="sources" in incoming)
+                for name in incoming:
+                    added[name] = self._insert_sorted(con, name, f"new_{name}")
                 if any(added.values()):
+                    if refresh_objects:
+                        self._refresh_objects(con, masters, "SELECT object_id FROM new_forced UNION SELECT object_id FROM new_sources UNION SELECT object_id FROM staged_objects")
+                    else:
+                        self._insert_sorted(con, "objects", "staged_objects")
                     con.execute(f"CALL {CATALOG}.set_commit_message('mstlake', ?)", [message])
                 con.execute("COMMIT")
             except BaseException:
@@ -129,7 +164,23 @@ class Archive:
                     con.execute("ROLLBACK")
                 raise
             snapshot = self._current_snapshot(con) if any(added.values()) else None
-        return CommitResult(snapshot, added, skipped)
+        return CommitResult(snapshot, added, int(skipped), new_objects if any(added.values()) else 0)
+
+    def refresh_objects(self, *, message: str = "objects refreshed") -> int:
+        """Recompute every object's position and statistics from all its measurements, in one
+        snapshot (after bulk loads made with ``refresh_objects=False``). Returns the snapshot id."""
+        with self._writer() as con:
+            con.execute("BEGIN")
+            try:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE staged_objects AS SELECT * FROM {CATALOG}.objects LIMIT 0")
+                self._refresh_objects(con, None, f"SELECT object_id FROM {CATALOG}.objects")
+                con.execute(f"CALL {CATALOG}.set_commit_message('mstlake', ?)", [message])
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+            return self._current_snapshot(con)
 
     def release(self, name: str, *, note: str = "") -> int:
         """Name the current snapshot (a data release such as DR1); returns its snapshot id. A name
@@ -191,20 +242,111 @@ class Archive:
             if name in ARCHIVE_TABLES:
                 con.execute(f"ALTER TABLE {CATALOG}.{name} SET PARTITIONED BY (healpix_partition)")
 
-    def _append(self, con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> tuple[int, int]:
-        """Insert ``table``'s rows of frames ``name`` does not hold yet, sorted as its schema says.
-        Returns (rows added, frames skipped)."""
-        con.register("incoming", table)
-        try:
-            already = con.execute(f"SELECT count(DISTINCT frame_id) FROM incoming SEMI JOIN {CATALOG}.{name} USING (frame_id)").fetchone()[0]
-            order = ", ".join(self.schemas[name].sort_by)
-            columns = ", ".join(self.schemas[name].names)
-            added = con.execute(
-                f"INSERT INTO {CATALOG}.{name} ({columns}) SELECT {columns} FROM incoming ANTI JOIN {CATALOG}.{name} USING (frame_id) ORDER BY {order}"
-            ).fetchone()[0]
-        finally:
-            con.unregister("incoming")
-        return int(added), int(already)
+    def _insert_sorted(self, con: duckdb.DuckDBPyConnection, name: str, source: str) -> int:
+        """Insert ``source``'s rows into table ``name`` sorted as its schema says (the order
+        inside the data files is what lets readers prune row groups by position)."""
+        order = ", ".join(self.schemas[name].sort_by)
+        columns = ", ".join(self.schemas[name].names)
+        return int(con.execute(f"INSERT INTO {CATALOG}.{name} ({columns}) SELECT {columns} FROM {source} ORDER BY {order}").fetchone()[0])
+
+    def _stage_objects(self, con: duckdb.DuckDBPyConnection, library: pa.Table | None, *, has_sources: bool) -> int:
+        """Fill the temporary table ``staged_objects`` with the objects this night creates (library
+        stars of its forced photometry not yet known; new objects from detections that match
+        nothing) and associate ``new_sources`` with objects. Returns the number of new objects."""
+        schema = self.schemas["objects"]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE staged_objects AS SELECT * FROM {CATALOG}.objects LIMIT 0")
+        if library is not None:
+            con.register("library", library.select(["source_id", "ra", "dec"]))
+            seeds = con.execute(
+                f"SELECT l.source_id, l.ra, l.dec FROM library l SEMI JOIN (SELECT DISTINCT object_id FROM new_forced) f ON f.object_id = l.source_id "
+                f"ANTI JOIN {CATALOG}.objects o ON o.object_id = l.source_id"
+            ).fetch_arrow_table()
+            con.unregister("library")
+            if seeds.num_rows:
+                self._stage(con, schema, seeds.column("source_id").to_numpy(), seeds.column("ra").to_numpy(), seeds.column("dec").to_numpy(), library_id=True)
+        if not has_sources:
+            return 0
+        detections = con.execute("SELECT * FROM new_sources").fetch_arrow_table()
+        ra, dec = detections.column("ra").to_numpy(), detections.column("dec").to_numpy()
+        order = self.cfg.partition_order
+        around = healpix.pixels_with_neighbours(healpix.parent_pixel(healpix.spatial_index(ra, dec), order), order)
+        known = con.execute(
+            f"SELECT object_id, ra, dec FROM (SELECT object_id, ra, dec, healpix_partition FROM {CATALOG}.objects UNION ALL SELECT object_id, ra, dec, healpix_partition FROM staged_objects) "
+            "WHERE list_contains(?, healpix_partition)", [around.tolist()]
+        ).fetch_arrow_table()
+        nearest, separation = associate.nearest_within(ra, dec, known.column("ra").to_numpy(), known.column("dec").to_numpy(), self.cfg.association_radius_arcsec)
+        object_id = np.where(nearest >= 0, known.column("object_id").to_numpy()[np.maximum(nearest, 0)], -1)
+        unmatched = np.flatnonzero(nearest < 0)
+        n_new = 0
+        if unmatched.size:
+            groups = associate.group_positions(ra[unmatched], dec[unmatched], self.cfg.association_radius_arcsec)
+            group_ra, group_dec = associate.mean_positions(ra[unmatched], dec[unmatched], groups)
+            last = con.execute(f"SELECT max(object_id) FROM {CATALOG}.objects WHERE object_id >= {NEW_OBJECT_BASE}").fetchone()[0]
+            ids = (NEW_OBJECT_BASE if last is None else last + 1) + np.arange(len(group_ra), dtype=np.int64)
+            self._stage(con, schema, ids, group_ra, group_dec, library_id=False)
+            object_id[unmatched] = ids[groups]
+            separation[unmatched] = associate.separation_arcsec(ra[unmatched], dec[unmatched], group_ra[groups], group_dec[groups])
+            n_new = len(ids)
+        detections = detections.set_column(detections.column_names.index("object_id"), "object_id", pa.array(object_id, pa.int64()))
+        detections = detections.set_column(detections.column_names.index("separation_arcsec"), "separation_arcsec", pa.array(separation, pa.float32()))
+        con.register("associated", detections)
+        con.execute("CREATE OR REPLACE TEMP TABLE new_sources AS SELECT * FROM associated")
+        con.unregister("associated")
+        return n_new
+
+    def _stage(self, con: duckdb.DuckDBPyConnection, schema, object_id, ra, dec, *, library_id: bool) -> None:
+        """Add objects with no measurements yet to ``staged_objects`` (statistics come in the refresh)."""
+        index = healpix.spatial_index(ra, dec)
+        n = len(index)
+        columns = {name: np.full(n, np.nan) for name in schema.names}
+        columns.update({
+            "_healpix_29": index, "healpix_partition": healpix.parent_pixel(index, self.cfg.partition_order).astype(np.int32), "object_id": object_id,
+            "library_id": object_id if library_id else pa.nulls(n, pa.int64()), "ra": ra, "dec": dec, "n_detections": np.zeros(n, np.int32),
+        })
+        for band in BANDS:
+            columns[f"n_{band}"] = np.zeros(n, np.int32)
+        con.register("staging", schema.from_columns(columns))
+        con.execute("INSERT INTO staged_objects SELECT * FROM staging")
+        con.unregister("staging")
+
+    def _refresh_objects(self, con: duckdb.DuckDBPyConnection, masters: pa.Table | None, touched: str) -> None:
+        """Replace the rows of the objects ``touched`` (a query of object ids) and add the staged
+        ones, with rows whose position and per-band statistics include every measurement so far."""
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE touched AS SELECT * FROM (SELECT * FROM {CATALOG}.objects UNION ALL SELECT * FROM staged_objects) "
+            f"SEMI JOIN ({touched}) t USING (object_id)"
+        )
+        con.register("given_masters", masters if masters is not None else pa.table({"object_id": pa.array([], pa.int64()), "band": pa.array([], pa.string()), "master": pa.array([], pa.float32())}))
+        con.execute(OBJECT_POINTS_SQL.format(catalog=CATALOG))
+        con.execute(OBJECT_STATISTICS_SQL)
+        per_band = ",\n".join(
+            f"coalesce(max(CASE WHEN band = '{b}' THEN n END), 0) AS n_{b}, "
+            + ", ".join(f"max(CASE WHEN band = '{b}' THEN {stat} END) AS {stat}_{b}" for stat in ("mean", "median", "std", "chi2", "stetson_j", "stetson_k", "iqr", "amplitude", "first_mjd", "last_mjd"))
+            for b in BANDS
+        )
+        given = ", ".join(f"max(CASE WHEN band = '{b}' THEN master END) AS given_{b}" for b in BANDS)
+        masters_sql = ", ".join(f"coalesce(o.master_{b}, g.given_{b}) AS master_{b}" for b in BANDS)
+        stats_columns = ", ".join(f"coalesce(s.n_{b}, 0) AS n_{b}, " + ", ".join(f"s.{stat}_{b}" for stat in ("mean", "median", "std", "chi2", "stetson_j", "stetson_k", "iqr", "amplitude", "first_mjd", "last_mjd")) + f", master_{b}" for b in BANDS)
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE refreshed AS
+            WITH wide AS (SELECT object_id, {per_band} FROM object_statistics GROUP BY object_id),
+            detected AS (
+                SELECT object_id, count(*) AS n,
+                       avg(cos(radians(dec)) * cos(radians(ra))) AS vx, avg(cos(radians(dec)) * sin(radians(ra))) AS vy, avg(sin(radians(dec))) AS vz
+                FROM {CATALOG}.sources SEMI JOIN touched USING (object_id) GROUP BY object_id
+            ),
+            span AS (SELECT object_id, min(mjd) AS first_mjd, max(mjd) AS last_mjd FROM object_points GROUP BY object_id),
+            given AS (SELECT object_id, {given} FROM given_masters GROUP BY object_id),
+            base AS (SELECT o.* EXCLUDE ({", ".join(f"master_{b}" for b in BANDS)}), {masters_sql} FROM touched o LEFT JOIN given g USING (object_id))
+            SELECT o._healpix_29, o.healpix_partition, o.object_id, o.library_id,
+                   CASE WHEN o.library_id IS NULL AND d.n > 0 THEN (degrees(atan2(d.vy, d.vx)) + 360) % 360 ELSE o.ra END AS ra,
+                   CASE WHEN o.library_id IS NULL AND d.n > 0 THEN degrees(atan2(d.vz, sqrt(d.vx * d.vx + d.vy * d.vy))) ELSE o.dec END AS dec,
+                   coalesce(d.n, 0) AS n_detections, p.first_mjd, p.last_mjd, {stats_columns}
+            FROM base o LEFT JOIN wide s USING (object_id) LEFT JOIN detected d USING (object_id) LEFT JOIN span p USING (object_id)
+        """)
+        con.unregister("given_masters")
+        con.execute(f"DELETE FROM {CATALOG}.objects WHERE object_id IN (SELECT object_id FROM touched)")
+        self._insert_sorted(con, "objects", "refreshed")
 
     @staticmethod
     def _current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
@@ -214,3 +356,45 @@ class Archive:
 def sql_path(path: str | Path) -> str:
     """An absolute path as the text of a SQL string literal (quotes doubled)."""
     return os.path.abspath(path).replace("'", "''")
+
+
+# Every measurement of the touched objects: forced photometry (magfit magnitudes where present),
+# and detections for objects with no forced photometry (new objects). "good" points enter the
+# statistics: unflagged, with a magnitude and an error, on frames that are calibrated and clear
+# (frames the archive does not hold count as good). The objects' partitions let DuckLake prune.
+OBJECT_POINTS_SQL = """
+CREATE OR REPLACE TEMP TABLE object_points AS
+WITH bad_frames AS (SELECT frame_id FROM {catalog}.frames WHERE cloudy OR status <> 'calibrated'),
+forced_points AS (
+    SELECT f.object_id, f.band, f.mjd, coalesce(f.mag_magfit, f.mag) AS m, f.mag_err AS e,
+           f.flag = 0 AND coalesce(f.mag_magfit, f.mag) IS NOT NULL AND f.mag_err > 0 AND f.frame_id NOT IN (SELECT frame_id FROM bad_frames) AS good
+    FROM {catalog}.forced f JOIN touched t ON f.healpix_partition = t.healpix_partition AND f.object_id = t.object_id
+),
+source_points AS (
+    SELECT s.object_id, s.band, s.mjd, s.mag_psf AS m, s.mag_psf_err AS e,
+           s.flag_psf = 0 AND s.mag_psf IS NOT NULL AND s.mag_psf_err > 0 AND s.frame_id NOT IN (SELECT frame_id FROM bad_frames) AS good
+    FROM {catalog}.sources s SEMI JOIN touched t USING (object_id)
+    WHERE s.object_id NOT IN (SELECT DISTINCT object_id FROM forced_points)
+)
+SELECT * FROM forced_points UNION ALL SELECT * FROM source_points
+"""
+
+# Per object and band: weighted mean, median, std, reduced chi^2 about the weighted mean, Stetson
+# J and K (single-band form: delta_i = sqrt(n / (n - 1)) (m_i - mean) / e_i, P_i = delta_i^2 - 1),
+# interquartile range, robust amplitude (95th - 5th percentile), first and last good epoch.
+OBJECT_STATISTICS_SQL = """
+CREATE OR REPLACE TEMP TABLE object_statistics AS
+WITH good AS (SELECT * FROM object_points WHERE good),
+weighted AS (SELECT object_id, band, sum(m / (e * e)) / sum(1 / (e * e)) AS wmean, count(*) AS n FROM good GROUP BY object_id, band),
+scaled AS (
+    SELECT g.*, w.wmean, w.n, CASE WHEN w.n > 1 THEN sqrt(w.n / (w.n - 1.0)) * (g.m - w.wmean) / g.e END AS delta
+    FROM good g JOIN weighted w USING (object_id, band)
+)
+SELECT object_id, band, count(*) AS n, any_value(wmean) AS mean, median(m) AS median, stddev_samp(m) AS std,
+       CASE WHEN count(*) > 1 THEN sum(((m - wmean) / e) ^ 2) / (count(*) - 1) END AS chi2,
+       CASE WHEN count(*) > 1 THEN sum(sign(delta * delta - 1) * sqrt(abs(delta * delta - 1))) / count(*) END AS stetson_j,
+       CASE WHEN count(*) > 1 THEN avg(abs(delta)) / sqrt(avg(delta * delta)) END AS stetson_k,
+       quantile_cont(m, 0.75) - quantile_cont(m, 0.25) AS iqr, quantile_cont(m, 0.95) - quantile_cont(m, 0.05) AS amplitude,
+       min(mjd) AS first_mjd, max(mjd) AS last_mjd
+FROM scaled GROUP BY object_id, band
+"""

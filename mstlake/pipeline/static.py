@@ -23,16 +23,20 @@ import dask
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from astropy.io import fits
+from astropy.wcs import WCS
 
+import mstlake
 from mstlake.astrom import frame as frame_kernel
 from mstlake.astrom import solve
-from mstlake.config import ArchiveConfig, AstrometryConfig, InstrumentConfig, PhotometryConfig
+from mstlake.config import ArchiveConfig, AstrometryConfig, InstrumentConfig, MagfitConfig, PhotometryConfig
 from mstlake.lake import cubes, healpix
-from mstlake.lake.archive import Archive
+from mstlake.lake.archive import Archive, ArchiveError, open_reader
 from mstlake.lake.tables import read_table, update_column, write_table_atomic
 from mstlake.paths import LakePaths
 from mstlake.phot import aperture as ap
 from mstlake.phot.frame import FramePhotometry, photometer_frame
+from mstlake.phot.magfit import magfit
 from mstlake.pipeline.progress import dask_progress
 from mstlake.schemas import load_schema
 
@@ -124,15 +128,16 @@ def _forced_table(frame_id: int, measured: FramePhotometry, reference) -> pa.Tab
     return load_schema("forced_photometry").from_columns(columns)
 
 
-def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, archive_cfg: ArchiveConfig, progress: bool = True) -> StaticResult:
+def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig | None = None, progress: bool = True) -> StaticResult:
     """Solve and measure every frame in the field's cubes; write the tables and files, and commit
     each night's light-curve points to the archive (one snapshot per night)."""
     frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
     table = reference.to_pandas() if isinstance(reference, pa.Table) else pd.DataFrame(reference)
     pixel_scale_deg = instrument.detector.pixel_scale_arcsec / 3600
     gain = instrument.detector.gain_e_per_adu
+    magfit_cfg = magfit_cfg or MagfitConfig()
     per_cube, n_frames = [], 0
-    positions = table[["source_id", "ra", "dec"]]
+    positions = table[["source_id", "ra", "dec"]].assign(colour=table.mag_g - table.mag_r if {"mag_g", "mag_r"} <= set(table.columns) else np.nan)
     for _, band, night, store in lake.field_cubes(field):
         tasks = []
         frame_ids = cubes.open_store(store).frame_id.values
@@ -142,8 +147,8 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
             pointing = (float(row.ra_pointing), float(row.dec_pointing))
             tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, table, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
         n_frames += len(tasks)
-        mjd = {int(fid): float(frames.loc[int(fid), "mjd"]) for fid in frame_ids}
-        per_cube.append(dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, mjd=mjd, archive_cfg=archive_cfg, dask_key_name=f"static-night-{field}-{band}-{night}"))
+        inventory = frames.loc[[int(fid) for fid in frame_ids]]
+        per_cube.append(dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, inventory=inventory, archive_cfg=archive_cfg, magfit_cfg=magfit_cfg, dask_key_name=f"static-night-{field}-{band}-{night}"))
     with dask_progress("astrometry and photometry", n_frames, key_prefix="static-frame-", enabled=progress):
         nights = list(dask.compute(*per_cube, scheduler=astrometry_cfg.scheduler, num_workers=astrometry_cfg.workers))
     astrometry_rows = [row for night in nights for row in night[0]]
@@ -165,19 +170,87 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     )
 
 
-def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results, *, reference: pd.DataFrame, mjd: dict[int, float], archive_cfg: ArchiveConfig) -> tuple[list[dict], list[dict]]:
+def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results, *, reference: pd.DataFrame, inventory: pd.DataFrame, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig) -> tuple[list[dict], list[dict]]:
     """Write one night's sources and forced photometry (whole files, atomically) and the frames'
-    WCS into the cube's attributes, commit its light-curve points to the archive; pass the rows on."""
+    WCS into the cube's attributes, commit the night's frames, detections and light-curve points
+    to the archive (one snapshot); pass the rows on."""
     cubes.set_frame_wcs(store, {r[0]["frame_id"]: r[0]["wcs_header"] for r in results if r[0]["wcs_header"]})
     sources = [r[2] for r in results if r[2] is not None]
     forced = [r[3] for r in results if r[3] is not None]
     for tables, path, name in ((sources, lake.sources_file(field, band, night), "sources"), (forced, lake.forced_file(field, band, night), "forced_photometry")):
         schema = load_schema(name)
         write_table_atomic(pa.concat_tables(tables) if tables else schema.empty(), path, schema)
-    if forced:
-        points = light_curve_points(pa.concat_tables(forced), reference, mjd, band, partition_order=archive_cfg.partition_order)
-        Archive(lake, archive_cfg).commit({"forced": points}, message=f"{field} {band} night {night}")
-    return [r[0] for r in results], [r[1] for r in results]
+    astrometry_rows, photometry_rows = [r[0] for r in results], [r[1] for r in results]
+    if results:
+        mjd = inventory.mjd.to_dict()
+        night_tables = {"frames": archive_frames(astrometry_rows, photometry_rows, inventory, partition_order=archive_cfg.partition_order)}
+        if sources:
+            night_tables["sources"] = archive_sources(pa.concat_tables(sources), mjd, band, partition_order=archive_cfg.partition_order)
+        if forced:
+            night_tables["forced"] = light_curve_points(pa.concat_tables(forced), reference, mjd, band, partition_order=archive_cfg.partition_order)
+        masters = None
+        if "forced" in night_tables and magfit_cfg.enabled:
+            night_tables["forced"], night_tables["frames"], masters = magfit_night(lake, night_tables["forced"], night_tables["frames"], reference, band, magfit_cfg)
+        library = pa.table({"source_id": reference.source_id.values, "ra": reference.ra.values, "dec": reference.dec.values})
+        Archive(lake, archive_cfg).commit(night_tables, message=f"{field} {band} night {night}", library=library, masters=masters)
+    return astrometry_rows, photometry_rows
+
+
+def archive_frames(astrometry_rows: list[dict], photometry_rows: list[dict], inventory: pd.DataFrame, *, partition_order: int) -> pa.Table:
+    """A night's frames as the archive's ``frames`` rows: the inventory with the frame's
+    astrometry and photometry, placed on the sky by the centre of its WCS (its pointing if unsolved).
+    Transparency is relative to the night's clearest frame."""
+    photometry_rows = [dict(row) for row in photometry_rows]
+    _transparency(photometry_rows, inventory)
+    rows = []
+    for astrometry, photometry in zip(astrometry_rows, photometry_rows, strict=True):
+        frame = inventory.loc[astrometry["frame_id"]]
+        ra, dec = _frame_centre(astrometry["wcs_header"], frame)
+        status = photometry["status"] if astrometry["status"] == "solved" else "failed"
+        reason = astrometry["reason"] if status == "failed" else photometry["reason"]
+        fwhm = photometry["psf_fwhm_px"]
+        rows.append({
+            "ra": ra, "dec": dec, "frame_id": astrometry["frame_id"], **{name: frame[name] for name in _INVENTORY_COLUMNS},
+            "status": status, "reason": reason, "wcs_header": astrometry["wcs_header"],
+            "rms_x_mas": astrometry["rms_x_mas"], "rms_y_mas": astrometry["rms_y_mas"], "n_matched": astrometry["n_matched"],
+            "seeing_arcsec": None if fwhm is None else fwhm * _pixel_scale_arcsec(astrometry["wcs_header"]),
+            **{name: photometry[name] for name in _PHOTOMETRY_COLUMNS}, "magfit_rms_mag": None, "magfit_stars": 0, "release": None, "mstlake_version": mstlake.__version__,
+        })
+    table = pd.DataFrame(rows)
+    index = healpix.spatial_index(table.ra.values, table.dec.values)
+    table = table.drop(columns=["ra", "dec"]).assign(_healpix_29=index, healpix_partition=healpix.parent_pixel(index, partition_order).astype(np.int32))
+    return load_schema("archive_frames").from_columns({name: table[name].values if table[name].dtype != object else table[name].tolist() for name in table.columns})
+
+
+_INVENTORY_COLUMNS = ("path", "sha256", "telescope", "band", "field", "night", "date_obs", "mjd", "exptime", "airmass", "ra_pointing", "dec_pointing", "egain", "ccd_temp", "naxis1", "naxis2")
+_PHOTOMETRY_COLUMNS = (
+    "psf_fwhm_px", "best_aperture_px", "reference_aperture_px", "aperture_correction_rms_mag", "zero_point_mag", "zero_point", "zero_point_rms_mag", "n_calibrators", "transparency", "cloudy",
+)
+
+
+def _frame_centre(wcs_header: str | None, frame) -> tuple[float, float]:
+    if wcs_header:
+        wcs = WCS(fits.Header.fromstring(wcs_header))
+        ra, dec = wcs.pixel_to_world_values((frame.naxis1 - 1) / 2, (frame.naxis2 - 1) / 2)
+        return float(ra), float(dec)
+    return float(frame.ra_pointing), float(frame.dec_pointing)
+
+
+def _pixel_scale_arcsec(wcs_header: str | None) -> float:
+    return float(np.sqrt(abs(np.linalg.det(WCS(fits.Header.fromstring(wcs_header)).pixel_scale_matrix))) * 3600) if wcs_header else np.nan
+
+
+def archive_sources(sources: pa.Table, mjd: dict[int, float], band: str, *, partition_order: int) -> pa.Table:
+    """A night's detections (``sources`` schema) as the archive's ``sources`` rows, placed by their
+    own position; the archive associates them with objects when it commits them."""
+    s = sources.to_pandas()
+    index = healpix.spatial_index(s.ra.values, s.dec.values)
+    columns = {name: sources.column(name).combine_chunks() for name in sources.column_names}
+    columns.update({
+        "_healpix_29": index, "healpix_partition": healpix.parent_pixel(index, partition_order).astype(np.int32), "object_id": np.full(len(s), -1),
+        "mjd": s.frame_id.map(mjd).values, "band": np.full(len(s), band), "separation_arcsec": np.zeros(len(s)),  # both set by the association
+    })
+    return load_schema("archive_sources").from_columns(columns)
 
 
 def light_curve_points(forced: pa.Table, reference: pd.DataFrame, mjd: dict[int, float], band: str, *, partition_order: int) -> pa.Table:
@@ -193,9 +266,44 @@ def light_curve_points(forced: pa.Table, reference: pd.DataFrame, mjd: dict[int,
     return load_schema("forced").from_columns({
         "_healpix_29": index, "healpix_partition": healpix.parent_pixel(index, partition_order).astype(np.int32),
         "object_id": f.source_id.values, "frame_id": f.frame_id.values, "mjd": f.frame_id.map(mjd).values, "band": np.full(len(f), band),
-        "flux": f.flux.values, "flux_err": f.flux_err.values, "mag": f.mag.values, "mag_err": f.mag_err.values,
+        "x": f.x.values, "y": f.y.values, "flux": f.flux.values, "flux_err": f.flux_err.values, "mag": f.mag.values, "mag_err": f.mag_err.values,
         "mag_magfit": np.full(len(f), np.nan, np.float32), "flag": f.flag.values,
     })
+
+
+def magfit_night(lake: LakePaths, points: pa.Table, frames: pa.Table, reference: pd.DataFrame, band: str, cfg: MagfitConfig) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Fit a night's light-curve points to the archive's master reference (built from these
+    frames when the archive has none yet): ``mag_magfit`` filled in, each frame's magfit rms and
+    star count, and the master magnitudes of the night's stars (the archive keeps the ones it has)."""
+    f = points.select(["object_id", "frame_id", "x", "y", "mag", "mag_err", "flag"]).to_pandas()
+    quality = frames.select(["frame_id", "status", "cloudy", "naxis1", "naxis2"]).to_pandas().set_index("frame_id")
+    clear = quality.status.eq("calibrated") & ~quality.cloudy
+    good = (f.flag.values == 0) & np.isfinite(f.mag.values) & (f.mag_err.values > 0) & f.frame_id.map(clear).fillna(False).values.astype(bool)
+    colour = f.object_id.map(pd.Series(reference.colour.values, index=reference.source_id.values)).values
+    shape = (int(quality.naxis2.max()), int(quality.naxis1.max()))
+    result = magfit(f.frame_id.values, f.object_id.values, f.x.values, f.y.values, f.mag.values, f.mag_err.values, good=good, colour=colour, shape=shape, master=_archive_masters(lake, f.object_id.unique(), band), cfg=cfg)
+    points = points.set_column(points.column_names.index("mag_magfit"), "mag_magfit", pa.array(result.mag, pa.float32(), from_pandas=True))
+    frame_ids = frames.column("frame_id").to_pandas()
+    frames = frames.set_column(frames.column_names.index("magfit_rms_mag"), "magfit_rms_mag", pa.array(frame_ids.map(result.frame_rms).values, pa.float32(), from_pandas=True))
+    frames = frames.set_column(frames.column_names.index("magfit_stars"), "magfit_stars", pa.array(frame_ids.map(result.frame_stars).fillna(0).astype(int).values, pa.int32()))
+    masters = pa.table({"object_id": pa.array(result.master.index.values, pa.int64()), "band": pa.array(np.full(len(result.master), band)), "master": pa.array(result.master.values, pa.float32())})
+    return points, frames, masters
+
+
+def _archive_masters(lake: LakePaths, object_ids: np.ndarray, band: str) -> pd.Series | None:
+    """The archive's master magnitudes in ``band`` of these objects (None when it has none)."""
+    if not lake.archive_catalogue.exists():
+        return None
+    try:
+        con = open_reader(lake)
+    except ArchiveError:
+        return None
+    try:
+        con.register("wanted", pa.table({"object_id": pa.array(object_ids, pa.int64())}))
+        known = con.execute(f"SELECT object_id, master_{band} AS master FROM lake.objects SEMI JOIN wanted USING (object_id) WHERE master_{band} IS NOT NULL").fetch_df()
+    finally:
+        con.close()
+    return pd.Series(known.master.values.astype(float), index=known.object_id.values) if len(known) else None
 
 
 def _transparency(rows: list[dict], frames: pd.DataFrame) -> None:

@@ -1,4 +1,25 @@
-"""``open_lake``: one read-only DuckDB connection with every table of a lake under a plain name."""
+"""``open_lake``: one read-only DuckDB connection with every table of a lake under a plain name, and
+the light-curve macros.
+
+Views: ``frames``, ``sources``, ``forced`` and ``objects`` come from the archive when the lake has
+one (the last committed snapshot, or a release); ``inventory`` (every raw file), ``quarantine``,
+``calibration_log``, ``astrometry``, ``photometry`` and ``night_sources`` (the per-night detection
+files) from the lake's own files. A lake measured before it had an archive gets ``frames`` and
+``sources`` from those files instead.
+
+Macros (the cone and light-curve ones read only the HEALPix partitions they need: the partition
+list is computed first, and DuckLake skips every data file outside it):
+
+* ``lightcurve(object_id)``: every measurement of an object, forced photometry (or, for objects
+  without it, detections), with the frame's quality;
+* ``cone(ra, dec, radius_arcsec)``: objects within the radius, with ``separation_arcsec``;
+* ``lightcurve_at(ra, dec, radius_arcsec)``: the light curves of the objects in a cone;
+* ``variables(band, min_epochs, min_chi2, min_stetson_j)``: variable-star candidates;
+* ``catalog_stack(object_id, n)``: the light curve binned by ``n`` consecutive epochs per band;
+* ``angular_separation_arcsec(ra1, dec1, ra2, dec2)``, ``healpix_nest(order, ra, dec)`` (healpy's
+  NESTED ang2pix), ``healpix_cone(ra, dec, radius_arcsec)`` (the archive partitions a cone may
+  touch) and ``healpix_disc(order, ra, dec, radius_arcsec)`` (the same at any order).
+"""
 
 from __future__ import annotations
 
@@ -7,33 +28,120 @@ from pathlib import Path
 
 import duckdb
 
+from mstlake.lake import healpix
 from mstlake.lake.archive import ArchiveError, open_reader, sql_path
 from mstlake.paths import LakePaths
 
-# the lake's single-file tables, each a view of the same name when the file exists
-PARQUET_TABLES = ("frames", "quarantine", "calibration_log", "astrometry", "photometry")
+# the lake's single-file tables, each a view when the file exists (frames.parquet is "inventory")
+PARQUET_TABLES = {"inventory": "frames", "quarantine": "quarantine", "calibration_log": "calibration_log", "astrometry": "astrometry", "photometry": "photometry"}
+ARCHIVE_VIEWS = ("frames", "sources", "forced", "objects")
 
 
 def open_lake(path: str | Path, *, release: str | None = None) -> duckdb.DuckDBPyConnection:
-    """A read-only DuckDB connection on the lake at ``path``: views ``frames``, ``quarantine``,
-    ``calibration_log``, ``astrometry``, ``photometry`` and ``sources`` (the per-night detection
-    files), and ``forced``, the archive's light-curve points (the last committed snapshot, or
-    ``release``'s). The archive itself is attached as ``lake``; the variable ``lake`` holds the
-    lake's path, so the files in ``queries/`` run as they are."""
+    """A read-only DuckDB connection on the lake at ``path`` with the views and macros described in
+    this module (the archive at its last committed snapshot, or at ``release``). The archive itself
+    is attached as ``lake``; the variable ``lake`` holds the lake's path, so the files in
+    ``queries/`` run as they are."""
     paths = LakePaths(Path(path).resolve())
     if not paths.root.is_dir():
         raise FileNotFoundError(f"no lake at {paths.root}")
     if paths.archive_catalogue.exists():
         con = open_reader(paths, release)
-        con.execute("CREATE TEMP VIEW forced AS SELECT * FROM lake.forced")
+        for name in ARCHIVE_VIEWS:
+            con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM lake.{name}")
+        _create_macros(con, _partition_order(con))
     elif release:
         raise ArchiveError(f"no archive at {paths.archive_dir}, so no release {release!r}")
     else:
         con = duckdb.connect()
+        for view, table in (("frames", "frames"),):
+            if paths.table(table).exists():
+                con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM read_parquet('{sql_path(paths.table(table))}')")
+        if glob.glob(paths.sources_pattern):
+            con.execute(f"CREATE TEMP VIEW sources AS SELECT * FROM read_parquet('{sql_path(paths.sources_pattern)}')")
     con.execute("SET VARIABLE lake = ?", [str(paths.root)])
-    for name in PARQUET_TABLES:
-        if paths.table(name).exists():
-            con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM read_parquet('{sql_path(paths.table(name))}')")
+    for view, table in PARQUET_TABLES.items():
+        if paths.table(table).exists():
+            con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM read_parquet('{sql_path(paths.table(table))}')")
     if glob.glob(paths.sources_pattern):
-        con.execute(f"CREATE TEMP VIEW sources AS SELECT * FROM read_parquet('{sql_path(paths.sources_pattern)}')")
+        con.execute(f"CREATE TEMP VIEW night_sources AS SELECT * FROM read_parquet('{sql_path(paths.sources_pattern)}')")
     return con
+
+
+def _partition_order(con: duckdb.DuckDBPyConnection) -> int:
+    """The archive's partition order, read off its data (``healpix_partition`` is ``_healpix_29``
+    shifted right by 2 (29 - order)); readers need no configuration."""
+    row = con.execute("SELECT _healpix_29, healpix_partition FROM lake.objects LIMIT 1").fetchone()
+    if row is None:
+        return 0
+    for order in range(healpix.SPATIAL_ORDER + 1):
+        if int(healpix.parent_pixel(row[0], order)) == row[1]:
+            return order
+    raise ArchiveError(f"the archive's healpix_partition {row[1]} is no parent of _healpix_29 {row[0]}")
+
+
+def _create_macros(con: duckdb.DuckDBPyConnection, order: int) -> None:
+    for statement in healpix.SQL_MACROS:
+        con.execute(statement)
+    con.execute(f"CREATE TEMP MACRO healpix_cone(ra_deg, dec_deg, radius_arcsec) AS healpix_disc({int(order)}, ra_deg, dec_deg, radius_arcsec)")
+    for statement in MACROS:
+        con.execute(statement)
+
+
+# An object's light-curve points all carry its partition (from its position when it was created);
+# its detections carry their own, within the association radius of it: a 2" cone covers them.
+MACROS = (
+    """CREATE TEMP MACRO angular_separation_arcsec(ra1, dec1, ra2, dec2) AS
+        7200 * degrees(asin(least(1, sqrt(sin(radians(dec2 - dec1) / 2) ^ 2 + cos(radians(dec1)) * cos(radians(dec2)) * sin(radians(ra2 - ra1) / 2) ^ 2))))""",
+    """CREATE TEMP MACRO cone(ra_deg, dec_deg, radius_arcsec) AS TABLE
+        SELECT o.*, angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) AS separation_arcsec
+        FROM lake.objects o
+        WHERE o.healpix_partition IN (SELECT unnest(healpix_cone(ra_deg, dec_deg, radius_arcsec + 2)))
+          AND o.dec BETWEEN dec_deg - (radius_arcsec + 2) / 3600 AND dec_deg + (radius_arcsec + 2) / 3600
+          AND angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) <= radius_arcsec
+        ORDER BY separation_arcsec""",
+    """CREATE TEMP MACRO lightcurve(id) AS TABLE
+        WITH target AS (SELECT object_id, healpix_partition, ra, dec FROM lake.objects WHERE object_id = id),
+        forced_points AS (
+            SELECT f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag, 'forced' AS kind
+            FROM lake.forced f SEMI JOIN target t ON f.healpix_partition = t.healpix_partition AND f.object_id = t.object_id
+        ),
+        detections AS (
+            SELECT s.object_id, s.frame_id, s.mjd, s.band, s.flux_psf, s.flux_psf_err, s.mag_psf, s.mag_psf_err, NULL::FLOAT, s.flag_psf, 'detection'
+            FROM lake.sources s
+            WHERE s.object_id = id AND NOT EXISTS (SELECT 1 FROM forced_points)
+              AND s.healpix_partition IN (SELECT unnest(healpix_cone(t.ra, t.dec, 2)) FROM target t)
+        ),
+        points AS (SELECT * FROM forced_points UNION ALL SELECT * FROM detections)
+        SELECT p.*, fr.cloudy, coalesce(fr.status = 'calibrated' AND NOT fr.cloudy, true) AND p.flag = 0 AND p.mag IS NOT NULL AS good
+        FROM points p LEFT JOIN lake.frames fr USING (frame_id)
+        ORDER BY p.band, p.mjd""",
+    """CREATE TEMP MACRO lightcurve_at(ra_deg, dec_deg, radius_arcsec) AS TABLE
+        SELECT c.separation_arcsec, f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag
+        FROM cone(ra_deg, dec_deg, radius_arcsec) c JOIN lake.forced f ON f.healpix_partition = c.healpix_partition AND f.object_id = c.object_id
+        ORDER BY c.separation_arcsec, f.object_id, f.band, f.mjd""",
+    """CREATE TEMP MACRO variables(band := 'g', min_epochs := 10, min_chi2 := 5.0, min_stetson_j := 0.5) AS TABLE
+        WITH per_band AS (
+            SELECT object_id, library_id, ra, dec,
+                   CASE band WHEN 'g' THEN n_g WHEN 'r' THEN n_r ELSE n_i END AS epochs,
+                   CASE band WHEN 'g' THEN median_g WHEN 'r' THEN median_r ELSE median_i END AS median_mag,
+                   CASE band WHEN 'g' THEN chi2_g WHEN 'r' THEN chi2_r ELSE chi2_i END AS chi2,
+                   CASE band WHEN 'g' THEN stetson_j_g WHEN 'r' THEN stetson_j_r ELSE stetson_j_i END AS stetson_j,
+                   CASE band WHEN 'g' THEN stetson_k_g WHEN 'r' THEN stetson_k_r ELSE stetson_k_i END AS stetson_k,
+                   CASE band WHEN 'g' THEN amplitude_g WHEN 'r' THEN amplitude_r ELSE amplitude_i END AS amplitude
+            FROM lake.objects
+        )
+        SELECT * FROM per_band
+        WHERE epochs >= min_epochs AND chi2 >= min_chi2 AND stetson_j >= min_stetson_j
+        ORDER BY stetson_j DESC""",
+    """CREATE TEMP MACRO catalog_stack(id, n) AS TABLE
+        WITH points AS (
+            SELECT band, mjd, coalesce(mag_magfit, mag) AS m, mag_err AS e,
+                   (row_number() OVER (PARTITION BY band ORDER BY mjd) - 1) // n AS bin
+            FROM lightcurve(id) WHERE good AND mag_err > 0
+        )
+        SELECT id AS object_id, band, bin, count(*) AS epochs, avg(mjd) AS mjd,
+               sum(m / (e * e)) / sum(1 / (e * e)) AS mag, 1 / sqrt(sum(1 / (e * e))) AS mag_err
+        FROM points GROUP BY band, bin HAVING count(*) = n
+        ORDER BY band, bin""",
+)
