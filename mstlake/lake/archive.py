@@ -79,9 +79,11 @@ def connect(paths: LakePaths, *, snapshot_id: int | None = None, read_only: bool
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("LOAD ducklake")
     con.execute("LOAD sqlite")
-    # absolute paths: DuckLake stores them as given, and other processes start elsewhere; WAL and a
-    # busy timeout: without them two overlapping writers can leave the catalogue locked for everyone
-    options = [f"DATA_PATH '{sql_path(paths.archive_data)}/'", "META_JOURNAL_MODE 'WAL'", "META_BUSY_TIMEOUT 10000"]
+    # absolute paths: DuckLake stores them as given, and other processes start elsewhere; the data
+    # path always where the lake is now (the catalogue keeps files relative to it), so a lake can be
+    # moved or mounted elsewhere; WAL and a busy timeout: without them two overlapping writers can
+    # leave the catalogue locked for everyone
+    options = [f"DATA_PATH '{sql_path(paths.archive_data)}/'", "OVERRIDE_DATA_PATH true", "META_JOURNAL_MODE 'WAL'", "META_BUSY_TIMEOUT 10000"]
     if snapshot_id is not None:
         options.append(f"SNAPSHOT_VERSION {int(snapshot_id)}")
     if read_only or snapshot_id is not None:

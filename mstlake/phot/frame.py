@@ -65,11 +65,14 @@ def background_variance(variance: np.ndarray, mask: np.ndarray, background_noise
     return noise
 
 
-def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs, reference: pd.DataFrame, *, band: str, gain: float, cfg: PhotometryConfig, sip_degree: int = 4, clip_sigma: float = 3.0, timings: dict | None = None) -> FramePhotometry:
+def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs, reference: pd.DataFrame, *, band: str, gain: float, cfg: PhotometryConfig, sip_degree: int = 4, clip_sigma: float = 3.0, timings: dict | None = None, forced_extra: pd.DataFrame | None = None) -> FramePhotometry:
     """Photometry and flux calibration of one solved frame (``wcs``: its blind solution).
     ``reference``: the reference stars near the frame with columns ra, dec, mag_<band> and
-    mag_<band>_error (the standard_library schema). Instrumental magnitudes are -2.5 log10(ADU);
-    ``timings`` (a dict), when given, receives the seconds of each step."""
+    mag_<band>_error (the standard_library schema). ``forced_extra`` (ra, dec): more positions to
+    measure by forced photometry (objects the library lacks), after the reference stars in
+    ``forced.reference_index``; they play no part in the astrometry or the zero point.
+    Instrumental magnitudes are -2.5 log10(ADU); ``timings`` (a dict), when given, receives the
+    seconds of each step."""
     clock = _Laps(timings)
     image = np.asarray(image, np.float32)
     ny, nx = image.shape
@@ -115,9 +118,10 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
 
     clock.lap("wcs_refit")
     # forced photometry at the catalogue positions; unmatched detections stay in the model
-    rx, ry = solve.project(solution.wcs, reference.ra.values.astype(float), reference.dec.values.astype(float), (ny, nx))
+    targets = reference if forced_extra is None or not len(forced_extra) else pd.concat([reference, forced_extra[["ra", "dec"]]], ignore_index=True)
+    rx, ry = solve.project(solution.wcs, targets.ra.values.astype(float), targets.dec.values.astype(float), (ny, nx))
     on_frame = np.isfinite(rx) & np.isfinite(ry) & (rx > -0.5) & (rx < nx - 0.5) & (ry > -0.5) & (ry < ny - 0.5)
-    ref = reference[on_frame].reset_index(drop=True)
+    ref = targets[on_frame].reset_index(drop=True)
     rx, ry = rx[on_frame], ry[on_frame]
     matched_detection = np.full(len(ref), -1)
     if len(ref) and len(sources):

@@ -31,7 +31,7 @@ from mstlake.astrom import frame as frame_kernel
 from mstlake.astrom import solve
 from mstlake.config import ArchiveConfig, AstrometryConfig, InstrumentConfig, MagfitConfig, PhotometryConfig
 from mstlake.lake import cubes, healpix
-from mstlake.lake.archive import Archive, ArchiveError, open_reader
+from mstlake.lake.archive import Archive, open_reader
 from mstlake.lake.tables import read_table, update_column, write_table_atomic
 from mstlake.paths import LakePaths
 from mstlake.phot import aperture as ap
@@ -60,7 +60,7 @@ _NO_PHOTOMETRY = {
 }
 
 
-def _measure_cube_frame(store, index, keys, pointing, reference, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg):
+def _measure_cube_frame(store, index, keys, pointing, reference, extra, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg):
     """One frame: its astrometry row, photometry row, sources and forced-photometry tables (None
     when it could not be measured). A frame that fails is recorded; the night goes on."""
     frame = cubes.open_store(store).isel(frame=index)
@@ -71,7 +71,7 @@ def _measure_cube_frame(store, index, keys, pointing, reference, band, pixel_sca
         reason = str(err) if isinstance(err, solve.SolveError) else f"{type(err).__name__}: {err}"
         return {**keys, **_UNSOLVED, "reason": reason}, {**keys, **_NO_PHOTOMETRY, "reason": f"not solved: {reason}"}, None, None
     try:
-        measured = photometer_frame(image, variance, mask, found.extraction, found.solution.wcs, reference, band=band, gain=gain, cfg=photometry_cfg)
+        measured = photometer_frame(image, variance, mask, found.extraction, found.solution.wcs, reference, band=band, gain=gain, cfg=photometry_cfg, forced_extra=extra)
         solution = measured.solution
     except Exception as err:  # keep the blind solution; say why there is no photometry
         measured, solution = None, found.solution
@@ -86,7 +86,8 @@ def _measure_cube_frame(store, index, keys, pointing, reference, band, pixel_sca
     }
     if measured is None:
         return astrometry_row, photometry_row, None, None
-    return astrometry_row, _photometry_row(keys, measured), _sources_table(keys["frame_id"], measured), _forced_table(keys["frame_id"], measured, reference)
+    target_ids = np.concatenate([np.asarray(reference["source_id"]), extra.source_id.values])
+    return astrometry_row, _photometry_row(keys, measured), _sources_table(keys["frame_id"], measured), _forced_table(keys["frame_id"], measured, target_ids)
 
 
 def _photometry_row(keys: dict, measured: FramePhotometry) -> dict:
@@ -117,11 +118,11 @@ def _sources_table(frame_id: int, measured: FramePhotometry) -> pa.Table:
     return load_schema("sources").from_columns(columns)
 
 
-def _forced_table(frame_id: int, measured: FramePhotometry, reference) -> pa.Table:
+def _forced_table(frame_id: int, measured: FramePhotometry, target_ids: np.ndarray) -> pa.Table:
     f = measured.forced
     zero_point = measured.zero_point(f.x.values, f.y.values) if measured.zero_point is not None else np.full(len(f), np.nan)
     columns = {
-        "frame_id": np.full(len(f), frame_id), "source_id": np.asarray(reference["source_id"])[f.reference_index.values], "x": f.x, "y": f.y,
+        "frame_id": np.full(len(f), frame_id), "source_id": target_ids[f.reference_index.values], "x": f.x, "y": f.y,
         "flux": f.flux, "flux_err": f.flux_err, "chi2": f.chi2, "flag": f.flag, "detected": f.detection.values >= 0, "zero_point": zero_point,
         "mag": f.mag_inst.values + zero_point, "mag_err": f.mag_inst_err,
     }
@@ -138,6 +139,11 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     magfit_cfg = magfit_cfg or MagfitConfig()
     per_cube, n_frames = [], 0
     positions = table[["source_id", "ra", "dec"]].assign(colour=table.mag_g - table.mag_r if {"mag_g", "mag_r"} <= set(table.columns) else np.nan)
+    positions["_healpix_29"] = healpix.spatial_index(positions.ra.values, positions.dec.values)
+    # objects the library lacks, known to the archive when the run starts, are measured too (their
+    # light curves then have points on every frame, non-detections included)
+    extra = known_new_objects(lake)
+    positions = pd.concat([positions, extra.assign(colour=np.nan)], ignore_index=True)
     for _, band, night, store in lake.field_cubes(field):
         tasks = []
         frame_ids = cubes.open_store(store).frame_id.values
@@ -145,7 +151,7 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
             row = frames.loc[int(frame_id)]
             keys = {"frame_id": int(frame_id), "field": field, "band": band, "night": night}
             pointing = (float(row.ra_pointing), float(row.dec_pointing))
-            tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, table, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
+            tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, table, extra, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
         n_frames += len(tasks)
         inventory = frames.loc[[int(fid) for fid in frame_ids]]
         per_cube.append(dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, inventory=inventory, archive_cfg=archive_cfg, magfit_cfg=magfit_cfg, dask_key_name=f"static-night-{field}-{band}-{night}"))
@@ -262,7 +268,7 @@ def light_curve_points(forced: pa.Table, reference: pd.DataFrame, mjd: dict[int,
     if np.isnan(row).any():
         raise ValueError(f"{int(np.isnan(row).sum())} forced-photometry rows name sources that are not in the reference catalogue")
     row = row.astype(int)
-    index = healpix.spatial_index(reference.ra.values[row], reference.dec.values[row])
+    index = reference._healpix_29.values[row] if "_healpix_29" in reference else healpix.spatial_index(reference.ra.values[row], reference.dec.values[row])
     return load_schema("forced").from_columns({
         "_healpix_29": index, "healpix_partition": healpix.parent_pixel(index, partition_order).astype(np.int32),
         "object_id": f.source_id.values, "frame_id": f.frame_id.values, "mjd": f.frame_id.map(mjd).values, "band": np.full(len(f), band),
@@ -290,14 +296,25 @@ def magfit_night(lake: LakePaths, points: pa.Table, frames: pa.Table, reference:
     return points, frames, masters
 
 
+def known_new_objects(lake: LakePaths) -> pd.DataFrame:
+    """The archive's objects that are not library stars: source_id (= object_id), ra, dec and the
+    ``_healpix_29`` they were created with (their light-curve points go to that partition)."""
+    empty = pd.DataFrame({"source_id": pd.Series([], dtype=np.int64), "ra": pd.Series([], dtype=float), "dec": pd.Series([], dtype=float), "_healpix_29": pd.Series([], dtype=np.int64)})
+    if not lake.archive_catalogue.exists():
+        return empty
+    con = open_reader(lake)
+    try:
+        found = con.execute("SELECT object_id AS source_id, ra, dec, _healpix_29 FROM lake.objects WHERE library_id IS NULL ORDER BY object_id").fetch_df()
+    finally:
+        con.close()
+    return found if len(found) else empty
+
+
 def _archive_masters(lake: LakePaths, object_ids: np.ndarray, band: str) -> pd.Series | None:
     """The archive's master magnitudes in ``band`` of these objects (None when it has none)."""
     if not lake.archive_catalogue.exists():
         return None
-    try:
-        con = open_reader(lake)
-    except ArchiveError:
-        return None
+    con = open_reader(lake)
     try:
         con.register("wanted", pa.table({"object_id": pa.array(object_ids, pa.int64())}))
         known = con.execute(f"SELECT object_id, master_{band} AS master FROM lake.objects SEMI JOIN wanted USING (object_id) WHERE master_{band} IS NOT NULL").fetch_df()

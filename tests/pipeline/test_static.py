@@ -174,3 +174,53 @@ def test_a_second_psf_from_the_image_without_neighbours_measures_as_well(solved_
     # a different ePSF scales every PSF flux alike: the zero point takes it, calibrated magnitudes agree
     bright = (once.forced.flux / once.forced.flux_err > 50).values & (once.forced.flag == 0).values & (twice.forced.flag == 0).values
     assert bright.sum() >= 10 and abs(np.median(twice.forced.mag.values[bright] - once.forced.mag.values[bright])) < 0.005
+
+
+def test_a_later_run_measures_the_archives_new_objects_on_every_frame(solved_lake, instrument, pipeline_config, tmp_path):
+    import shutil
+
+    import duckdb
+
+    import pyarrow as pa
+
+    from mstlake.lake import associate
+    from mstlake.lake.archive import NEW_OBJECT_BASE, Archive, open_reader
+    from mstlake.lake.refcat import load_reference
+    from mstlake.paths import LakePaths
+    from mstlake.pipeline.static import known_new_objects, measure_field
+
+    paths, lake, field, _ = solved_lake
+    copy = LakePaths(tmp_path / "lake")
+    shutil.copytree(lake.root, copy.root)
+    # a transient found on an earlier night, in an empty spot of the field
+    con = open_reader(copy)
+    frame = con.execute("SELECT * FROM lake.sources LIMIT 1").fetch_arrow_table()
+    library = con.execute("SELECT ra, dec FROM lake.objects WHERE library_id IS NOT NULL").fetch_df()
+    con.close()
+    grid_ra, grid_dec = np.meshgrid(np.linspace(*np.percentile(library.ra, [30, 70]), 40), np.linspace(*np.percentile(library.dec, [30, 70]), 40))
+    clearance = associate.nearest_within(grid_ra.ravel(), grid_dec.ravel(), library.ra.values, library.dec.values, 8.0)[0]
+    spot = np.flatnonzero(clearance < 0)[0]
+    ra, dec = grid_ra.ravel()[spot], grid_dec.ravel()[spot]
+    detection = frame.set_column(frame.column_names.index("frame_id"), "frame_id", pa.array([1], pa.int64()))
+    for name, value in (("ra", ra), ("dec", dec)):
+        detection = detection.set_column(detection.column_names.index(name), name, pa.array([value]))
+    before = set(known_new_objects(copy).source_id)
+    assert Archive(copy, pipeline_config.archive).commit({"sources": detection}, message="a transient").new_objects == 1
+    new = known_new_objects(copy)
+    (transient,) = set(new.source_id) - before
+    assert (new.source_id >= NEW_OBJECT_BASE).all()
+    reference = load_reference(field, copy, base=paths.raw)
+    measure_field(copy, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, magfit_cfg=pipeline_config.magfit, progress=False)
+    forced = duckdb.sql(f"SELECT frame_id, source_id, flux, flux_err FROM '{copy.tables_dir}/forced_photometry/*/*/*.parquet' WHERE source_id = {transient}").df()
+    # the transient is measured on every frame that holds it (here all of them), flux kept when negative
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    holding = set()
+    for frame_id, header, nx, ny in duckdb.sql(f"SELECT frame_id, wcs_header, naxis1, naxis2 FROM '{copy.frames_table}' WHERE wcs_header IS NOT NULL").fetchall():
+        x, y = WCS(fits.Header.fromstring(header)).all_world2pix(ra, dec, 0)
+        if -0.5 < x < nx - 0.5 and -0.5 < y < ny - 0.5:
+            holding.add(frame_id)
+    assert len(holding) >= 3 and set(forced.frame_id) == holding and forced.flux_err.gt(0).all()
+    assert duckdb.sql(f"SELECT count(DISTINCT source_id) FROM '{copy.tables_dir}/forced_photometry/*/*/*.parquet' WHERE source_id >= {NEW_OBJECT_BASE}").fetchone()[0] == len(new)
+    assert abs(np.median(forced.flux / forced.flux_err)) < 3  # nothing there
