@@ -23,7 +23,12 @@ aperture correction, zero-point surface). Scored:
   frame's scintillation; star and sky dimmed by the true vignetting at the star), per 1-mag bin;
   and the excess that must be added in quadrature to the theory; the same again with each frame's
   zero-point error (known from truth) removed, to tell calibration from measurement;
-* aperture correction: its residual rms per frame.
+* aperture correction: its residual rms per frame;
+* magfit (``mstlake.phot.magfit``): the same light-curve bins on magfit magnitudes, fitted per band
+  (a) over all nights at once, as a reprocess would, and (b) night by night, as nightly ingest does
+  (the first night builds the master, later nights are fitted to the master accumulated so far,
+  which only gains stars); same constant stars, frames and MIN_EPOCHS as before magfit, plus the
+  fraction of those points magfit left uncorrected (NaN), which the bins then leave out.
 """
 
 from __future__ import annotations
@@ -42,10 +47,11 @@ from truth_matching import aperture_correction_error_mmag, sky_residuals_mas
 
 from mstlake.astrom import frame as frame_kernel
 from mstlake.astrom import solve
-from mstlake.config import load_instrument, load_pipeline
+from mstlake.config import MagfitConfig, load_instrument, load_pipeline
 from mstlake.lake import cubes
 from mstlake.paths import LakePaths, SimulationPaths
 from mstlake.phot.frame import photometer_frame
+from mstlake.phot.magfit import magfit
 from mstlake.simulate.optics import moffat_alpha
 
 MIN_EPOCHS = 10  # measurements of a star for its light-curve scatter
@@ -89,11 +95,15 @@ def main() -> None:
     saved = args.lake.parent / "photometry_measurements.pkl"
     if args.rescore:
         table, astrometric, apcorr_rms, extra = pd.read_pickle(saved)
-        table["constant"] = table.star_id.isin(set(pq.read_table(SimulationPaths.beside(args.raw).stars).to_pandas().query("variable_type == 'constant'").star_id))
-        results = summarise(table, astrometric, apcorr_rms)
+        sim = SimulationPaths.beside(args.raw)
+        table["constant"] = table.star_id.isin(set(pq.read_table(sim.stars).to_pandas().query("variable_type == 'constant'").star_id))
+        table = _frame_columns(table, pq.read_table(LakePaths(args.lake).frames_table).to_pandas(), pq.read_table(sim.standard_library).to_pandas())
+        table, magfit_runs = add_magfit(table, shape=tuple(extra["frame_shape"]), cfg=load_pipeline().magfit)
+        results = summarise(table, astrometric, apcorr_rms, magfit_runs)
         results.update(extra)
         (Path(__file__).parent / "results" / args.out).write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
+        print_magfit_table(results)
         return
     instrument, pipeline = load_instrument(), load_pipeline()
     lake, sim = LakePaths(args.lake), SimulationPaths.beside(args.raw)
@@ -132,6 +142,10 @@ def main() -> None:
             forced["constant"] = forced.star_id.isin(constant)
             forced["snr"] = forced.flux / forced.flux_err
             forced["frame"] = stem
+            forced["frame_id"] = int(frame_id)
+            forced["band"] = band
+            forced["night"] = int(row.night)
+            forced["colour"] = (library.mag_g - library.mag_r).values[forced.reference_index.values] if {"mag_g", "mag_r"} <= set(library.columns) else np.nan
             # the optics' vignetting dims star and sky alike before they reach the detector
             if row.telescope not in vignetting:
                 vignetting[row.telescope] = fits.getdata(sim.static_map(row.telescope, "vignetting")).astype(float)
@@ -155,15 +169,81 @@ def main() -> None:
                                                           "direct_fit_median": round(float(np.median(apcorr_truth_direct)), 2) if apcorr_truth_direct else None},
              "frames_measured": len(seconds), "failures": failures[:10], "seconds_per_frame": round(float(np.mean(seconds)), 2), "frame_shape": list(image.shape)}
     pd.to_pickle((table, np.vstack(astrometric), apcorr_rms, extra), saved)
-    results = summarise(table, np.vstack(astrometric), apcorr_rms)
+    table, magfit_runs = add_magfit(table, shape=image.shape, cfg=pipeline.magfit)
+    results = summarise(table, np.vstack(astrometric), apcorr_rms, magfit_runs)
     results.update(extra)
     (Path(__file__).parent / "results" / args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+    print_magfit_table(results)
 
 
-def _light_curve_bins(table: pd.DataFrame) -> list[dict]:
-    """Per 1-mag bin of true magnitude: the median light-curve scatter of constant stars against
-    their theoretical noise, and the excess that must be added in quadrature."""
+def _frame_columns(table: pd.DataFrame, lake_frames: pd.DataFrame, library: pd.DataFrame) -> pd.DataFrame:
+    """Frame id, band, night and colour for measurements saved before they were recorded."""
+    by_stem = lake_frames.assign(frame=lake_frames.path.map(SimulationPaths.stem)).drop_duplicates("frame").set_index("frame")
+    for column in ("frame_id", "band", "night"):
+        if column not in table:
+            table[column] = table.frame.map(by_stem[column]).values
+    if "colour" not in table:
+        colour = (library.mag_g - library.mag_r).values if {"mag_g", "mag_r"} <= set(library.columns) else np.full(len(library), np.nan)
+        table["colour"] = table.source_id.map(pd.Series(colour, index=library.source_id.values)).values
+    return table
+
+
+MAGFIT_RUNS = {"all_nights": "mag_magfit_all_nights", "night_by_night": "mag_magfit_night_by_night"}
+
+
+def _magfit_good(table: pd.DataFrame) -> np.ndarray:
+    """Rows that may enter magfit's fits and master: clean flag, finite magnitude, a frame with a
+    zero point that was not flagged cloudy (what nightly ingest passes as ``good``)."""
+    return ((table.flag.values == 0) & np.isfinite(table.mag.values) & table.zero_point_ok.values.astype(bool) & ~table.flagged_cloudy.values.astype(bool))
+
+
+def _run_magfit(rows: pd.DataFrame, good: np.ndarray, shape, cfg: MagfitConfig, master: pd.Series | None = None):
+    return magfit(rows.frame_id.values, rows.source_id.values, rows.x.values, rows.y.values, rows.mag.values, rows.mag_inst_err.values, good=good, colour=rows.colour.values, shape=tuple(shape), master=master, cfg=cfg)
+
+
+def _magfit_summary(results: list, seconds: float, unusable: set) -> dict:
+    rms = pd.concat([r.frame_rms for r in results])
+    skipped = [frame for r in results for frame in r.skipped.index]
+    return {"seconds": round(seconds, 2), "calls": len(results), "iterations": [r.iterations for r in results], "converged": [bool(r.converged) for r in results],
+            "frames_skipped": len(skipped), "frames_skipped_flagged_cloudy_or_without_zero_point": sum(frame in unusable for frame in skipped), "frame_rms_median_mmag": round(1000 * float(np.nanmedian(rms)), 2) if np.isfinite(rms).any() else None,
+            "frame_stars_median": float(np.median(pd.concat([r.frame_stars for r in results]))), "master_stars": len(results[-1].master)}
+
+
+def add_magfit(table: pd.DataFrame, *, shape, cfg: MagfitConfig) -> tuple[pd.DataFrame, dict]:
+    """Magfit magnitudes of every forced measurement, per band: over all nights at once, and night
+    by night against the master accumulated from the earlier nights (new stars added from each
+    night's result, values already there kept)."""
+    table = table.reset_index(drop=True)
+    good = _magfit_good(table)
+    out = {column: np.full(len(table), np.nan) for column in MAGFIT_RUNS.values()}
+    runs: dict[str, dict] = {}
+    unusable = set(table.frame_id[table.flagged_cloudy.astype(bool) | ~table.zero_point_ok.astype(bool)])
+    for band, rows in table.groupby("band"):
+        index = rows.index.values
+        started = time.perf_counter()
+        result = _run_magfit(rows, good[index], shape, cfg)
+        out[MAGFIT_RUNS["all_nights"]][index] = result.mag
+        runs.setdefault("all_nights", {})[band] = _magfit_summary([result], time.perf_counter() - started, unusable)
+        started, master, nightly = time.perf_counter(), None, []
+        for _, night_rows in rows.groupby("night", sort=True):
+            night_index = night_rows.index.values
+            result = _run_magfit(night_rows, good[night_index], shape, cfg, master=master)
+            out[MAGFIT_RUNS["night_by_night"]][night_index] = result.mag
+            if master is None:
+                master = result.master.dropna()
+            else:
+                master = pd.concat([master, result.master[~result.master.index.isin(master.index)].dropna()])
+            nightly.append(result)
+        runs.setdefault("night_by_night", {})[band] = _magfit_summary(nightly, time.perf_counter() - started, unusable)
+        for name, column in MAGFIT_RUNS.items():  # every forced row, cloudy frames and rows without a magnitude included
+            runs[name][band]["uncorrected_fraction_all_rows"] = round(float(np.mean(np.isnan(out[column][index]))), 5)
+    return table.assign(**out), runs
+
+
+def _light_curves(table: pd.DataFrame) -> pd.DataFrame:
+    """Per constant star with MIN_EPOCHS measurements and S/N > 5: its true magnitude, light-curve
+    scatter (5-sigma outliers dropped), theoretical noise and points used."""
     curves = []
     for star_id, group in table.groupby("star_id"):
         if len(group) < MIN_EPOCHS:
@@ -174,7 +254,15 @@ def _light_curve_bins(table: pd.DataFrame) -> list[dict]:
         keep = np.abs(mags - centre) < 5 * max(spread, 1e-4)  # cosmic-ray hits and the like
         curves.append((star_id, float(np.median(group.mag_true)), float(np.std(mags[keep], ddof=1)), float(np.sqrt(np.mean(group.sigma_theory.values[keep] ** 2))), int(keep.sum())))
     curves = pd.DataFrame(curves, columns=["star_id", "mag", "scatter", "theory", "n"])
-    curves = curves[curves.theory < 1.0857 / 5]  # down to S/N = 5
+    return curves[curves.theory < 1.0857 / 5]  # down to S/N = 5
+
+
+def _light_curve_bins(table: pd.DataFrame, before: pd.DataFrame | None = None) -> list[dict]:
+    """Per 1-mag bin of true magnitude: the median light-curve scatter of constant stars against
+    their theoretical noise, and the excess that must be added in quadrature. With ``before`` (the
+    ``_light_curves`` of the same stars before a correction): also the median per-star ratio of the
+    scatters, a paired comparison far less noisy than the difference of the bins' medians."""
+    curves = _light_curves(table)
     if curves.empty:
         raise SystemExit(f"no constant star has {MIN_EPOCHS} good measurements: run on more frames")
     bins = []
@@ -185,30 +273,70 @@ def _light_curve_bins(table: pd.DataFrame) -> list[dict]:
         floor = np.sqrt(max(np.median(b.scatter**2) - np.median(b.theory**2), 0.0))
         bins.append({"mag": f"{lo:.0f}-{lo + 1:.0f}", "stars": len(b), "scatter_mmag": round(1000 * float(np.median(b.scatter)), 2), "theory_mmag": round(1000 * float(np.median(b.theory)), 2),
                      "ratio": round(float(np.median(b.scatter / b.theory)), 3), "excess_in_quadrature_mmag": round(1000 * float(floor), 2)})
+        if before is not None:
+            paired = b.scatter.values / b.star_id.map(before.set_index("star_id").scatter).values
+            bins[-1]["scatter_vs_before"] = round(float(np.nanmedian(paired)), 4) if np.isfinite(paired).any() else None
     return bins
 
 
-def summarise(table: pd.DataFrame, astrometric: np.ndarray, apcorr_rms: list[float]) -> dict:
+def summarise(table: pd.DataFrame, astrometric: np.ndarray, apcorr_rms: list[float], magfit_runs: dict | None = None) -> dict:
     frames = table.groupby("frame")[["flagged_cloudy", "truly_cloudy"]].first()
     cloud_flags = {"frames": len(frames), "flagged_cloudy": int(frames.flagged_cloudy.sum()), "truly_cloudy": int(frames.truly_cloudy.sum()),
                    "flagged_and_truly": int((frames.flagged_cloudy & frames.truly_cloudy).sum())}
     table = table[table.zero_point_ok & ~table.flagged_cloudy & table.constant & (table.flag == 0) & np.isfinite(table.mag)]
     table = table.assign(sigma_theory=1.0857 * np.hypot(table.theory_e / table.flux_e, table.scintillation))
     bins = _light_curve_bins(table)
+    curves_before = _light_curves(table)
     # diagnosis: the same with each frame's zero-point error (known from truth) taken out
     offsets = {frame: float(np.median(g.mag - g.mag_true)) for frame, g in table[table.snr > 50].groupby("frame")}
     bins_true_zp = _light_curve_bins(table.assign(mag=table.mag - table.frame.map(offsets).fillna(0.0)))
     # per frame: calibrated minus true magnitude of the well-measured constant library stars
     zp = np.array([float(np.median(g.mag - g.mag_true)) for _, g in table[table.snr > 50].groupby("frame") if len(g) >= 5])
     apcorr_rms = [v for v in apcorr_rms if np.isfinite(v)]
+    magfit_results = {}
+    for name, column in MAGFIT_RUNS.items():
+        if column not in table:
+            continue
+        corrected = np.isfinite(table[column].values)
+        entry = {"frames_used": int(table.frame[corrected].nunique()), "points": len(table), "uncorrected_points": int((~corrected).sum()),
+                 "uncorrected_fraction": round(float(np.mean(~corrected)), 5) if len(table) else None, "bins": _light_curve_bins(table[corrected].assign(mag=table[column][corrected]), curves_before)}
+        if not corrected.all():  # before magfit on the points magfit corrected, for a like-for-like comparison
+            entry["bins_before_magfit_same_points"] = _light_curve_bins(table[corrected])
+        entry["magfit"] = (magfit_runs or {}).get(name)
+        magfit_results[f"light_curves_magfit_{name}"] = entry
     return {
         "astrometry_snr_above_100": {"stars": len(astrometric), "rms_mas_per_axis": [round(float(np.sqrt(np.mean(astrometric[:, k] ** 2))), 1) for k in (0, 1)]},
         "zero_point_error_mmag_clear_frames": {"frames": len(zp), "calibrators_per_frame_median": float(table.groupby("frame").calibrators.first().median()), "rms_over_frames": round(1000 * float(np.sqrt(np.mean((zp - 0) ** 2))), 2), "rms_about_mean": round(1000 * float(np.std(zp)), 2), "mean": round(1000 * float(np.mean(zp)), 2)},
         "cloudy_frames": cloud_flags,
         "light_curves": {"frames_used": int(table.frame.nunique()), "bins": bins},
         "light_curves_with_true_zero_points": {"bins": bins_true_zp},
+        **magfit_results,
         "aperture_correction_fit_residual_rms_mmag": {"frames": len(apcorr_rms), "median": round(float(np.median(apcorr_rms)), 2) if apcorr_rms else None, "max": round(float(np.max(apcorr_rms)), 2) if apcorr_rms else None},
     }
+
+
+def print_magfit_table(results: dict) -> None:
+    """Light-curve bins before magfit, with true zero points, and after magfit (all nights at once;
+    night by night) side by side: stars, scatter/theory and the excess in quadrature (mmag)."""
+    columns = {"before": results["light_curves"]["bins"], "true zp": results["light_curves_with_true_zero_points"]["bins"]}
+    for name in MAGFIT_RUNS:
+        if f"light_curves_magfit_{name}" in results:
+            columns[f"magfit {name.replace('_', ' ')}"] = results[f"light_curves_magfit_{name}"]["bins"]
+    by_mag = {label: {b["mag"]: b for b in bins} for label, bins in columns.items()}
+    mags = sorted({b["mag"] for bins in columns.values() for b in bins}, key=lambda m: float(m.split("-")[0]))
+    print("\nlight curves of constant stars: stars / scatter:theory ratio / excess in quadrature (mmag) [/ median per-star scatter after:before magfit]")
+    print(f"{'mag':>6} " + " ".join(f"{label:>34}" for label in columns))
+    for mag in mags:
+        cells = []
+        for label in columns:
+            b = by_mag[label].get(mag)
+            paired = f" {b['scatter_vs_before']:>7.4f}" if b and b.get("scatter_vs_before") is not None else " " * 8
+            cells.append(f"{b['stars']:>6} {b['ratio']:>7.3f} {b['excess_in_quadrature_mmag']:>10.2f}{paired}" if b else "-")
+        print(f"{mag:>6} " + " ".join(f"{c:>34}" for c in cells))
+    for name in MAGFIT_RUNS:
+        entry = results.get(f"light_curves_magfit_{name}")
+        if entry:
+            print(f"magfit {name}: {entry['uncorrected_points']} of {entry['points']} light-curve points uncorrected ({100 * entry['uncorrected_fraction']:.2f}%); {entry['magfit']}")
 
 
 if __name__ == "__main__":
