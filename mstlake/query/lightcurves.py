@@ -58,6 +58,11 @@ def plot_lightcurves(points: pd.DataFrame, out: str | Path, *, title: str = "", 
             ax.errorbar(group.mjd[good], mag[group.index][good], yerr=group.mag_err[good], fmt="o", ms=3, color=colour, label=band, lw=0.8)
             if (~good).any():
                 ax.errorbar(group.mjd[~good], mag[group.index][~good], yerr=group.mag_err[~good], fmt="o", ms=3, mfc="none", color="0.6", lw=0.6)
+        # limits from the good points, so that one faint point's 10-mag error bar does not flatten the rest
+        good_mag = mag[curve.good.fillna(False).astype(bool)].dropna()
+        if len(good_mag) >= 2:
+            pad = 3 * float(curve.mag_err[good_mag.index].median()) + 0.02
+            ax.set_ylim(float(good_mag.quantile(0.01)) - pad, float(good_mag.quantile(0.99)) + pad)
         ax.invert_yaxis()
         separation = curve.separation_arcsec.iloc[0] if "separation_arcsec" in curve else np.nan
         ax.set_title(f"object {object_id}" + (f'  ({separation:.2f}" away)' if np.isfinite(separation) else ""), fontsize=9, loc="left")
