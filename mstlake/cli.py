@@ -233,6 +233,23 @@ def release(name, lake_dir, note):
     console.print(f"release [bold]{name}[/] = snapshot {snapshot} of {lake_dir}")
 
 
+@main.command()
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
+def compact(lake_dir):
+    """Merge the archive's small nightly data files into larger ones (run it now and then, e.g.
+    weekly: every query's planning time grows with the number of files). Snapshots and releases
+    read exactly as before; the replaced files stay on disk for them."""
+    from mstlake.config import load_pipeline
+    from mstlake.lake.archive import Archive, ArchiveError
+
+    try:
+        counts = Archive(LakePaths(lake_dir), load_pipeline().archive).compact()
+    except ArchiveError as err:
+        _fail(str(err))
+    for table, (before, after) in counts.items():
+        console.print(f"{table}: {before} -> {after} data files")
+
+
 @main.command("export-hats")
 @click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
 @click.option("--release", default=None, help="The release to export (default: the last committed snapshot).")

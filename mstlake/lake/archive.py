@@ -184,6 +184,24 @@ class Archive:
                 raise
             return self._current_snapshot(con)
 
+    def compact(self) -> dict[str, tuple[int, int]]:
+        """Merge the small data files nightly commits leave (one per partition and night) into
+        larger ones, table by table: DuckLake plans every query over the catalogue's list of live
+        files, so a query's cost grows with their number. Readers are unaffected: older snapshots and
+        releases keep their rows (DuckLake points them at parts of the merged files) and the
+        replaced files stay on disk for them. Returns table -> (live files before, after)."""
+        counts = {}
+        with self._writer() as con:
+            for name in ARCHIVE_TABLES:
+                before = self._live_files(con, name)
+                con.execute(f"CALL ducklake_merge_adjacent_files('{CATALOG}', '{name}')")
+                counts[name] = (before, self._live_files(con, name))
+        return counts
+
+    @staticmethod
+    def _live_files(con: duckdb.DuckDBPyConnection, name: str) -> int:
+        return int(con.execute(f"SELECT count(*) FROM ducklake_list_files('{CATALOG}', '{name}')").fetchone()[0])
+
     def release(self, name: str, *, note: str = "") -> int:
         """Name the current snapshot (a data release such as DR1); returns its snapshot id. A name
         is given once: releases are immutable."""

@@ -322,3 +322,22 @@ def test_association_works_at_the_poles_and_across_ra_zero():
     assert groups[0] == groups[1] != groups[2]
     ra, dec = associate.mean_positions([359.99995, 0.00015], [0.0, 0.0], [0, 0])
     assert np.allclose(ra, 0.00005) and np.allclose(dec, 0.0)
+
+
+def test_compaction_merges_nightly_files_and_leaves_every_snapshot_as_it_was(tmp_path):
+    archive = Archive(LakePaths(tmp_path / "lake"), CFG)
+    for night in (1, 2):
+        commit_night(archive, night)
+    archive.release("DR1")
+    commit_night(archive, 3)
+    checksum = "SELECT count(*), sum(hash(object_id, frame_id, flux)) FROM lake.forced"
+    con = archive.reader()
+    before, release_before = con.execute(checksum).fetchone(), archive.reader("DR1").execute(checksum).fetchone()
+    con.close()
+    counts = archive.compact()
+    assert counts["forced"][1] < counts["forced"][0] / 2 and counts["sources"][1] < counts["sources"][0]
+    con, released = archive.reader(), archive.reader("DR1")
+    assert con.execute(checksum).fetchone() == before and released.execute(checksum).fetchone() == release_before
+    assert con.execute("SELECT count(*) FROM lake.objects").fetchone()[0] == N_LIBRARY + 1
+    con.close(), released.close()
+    assert commit_night(archive, 4).rows_added["forced"] == 1200  # nights go on after a compaction
