@@ -42,14 +42,15 @@ import numpy as np
 import pyarrow as pa
 
 from mstlake.config import ArchiveConfig
-from mstlake.lake import associate, healpix
+from mstlake.lake import healpix
 from mstlake.paths import LakePaths
 from mstlake.schemas import load_schema
 
 # archive table -> its schema; every one partitioned by healpix_partition
-TABLE_SCHEMAS = {"frames": "archive_frames", "sources": "archive_sources", "forced": "forced", "objects": "objects"}
+TABLE_SCHEMAS = {"frames": "archive_frames", "sources": "archive_sources", "forced": "forced", "objects": "objects", "object_index": "object_index"}
 NIGHT_TABLES = ("frames", "sources", "forced")  # appended per night, keyed by frame_id
 ARCHIVE_TABLES = tuple(TABLE_SCHEMAS)
+PARTITIONED_TABLES = ("frames", "sources", "forced", "objects")  # object_index is sorted by id instead
 RELEASES = "releases"
 CATALOG = "lake"  # the name the archive is attached under in a DuckDB connection
 BANDS = ("g", "r", "i")
@@ -155,6 +156,7 @@ class Archive:
                 for name in incoming:
                     added[name] = self._insert_sorted(con, name, f"new_{name}")
                 if any(added.values()):
+                    con.execute(f"INSERT INTO {CATALOG}.object_index SELECT object_id, _healpix_29, healpix_partition, ra, dec FROM staged_objects ORDER BY object_id")
                     if refresh_objects:
                         self._refresh_objects(con, masters, "SELECT object_id FROM new_forced UNION SELECT object_id FROM new_sources UNION SELECT object_id FROM staged_objects")
                     else:
@@ -259,8 +261,10 @@ class Archive:
             if name in existing:
                 continue
             con.execute(f"CREATE TABLE {CATALOG}.{name} ({schema.sql_columns()})")
-            if name in ARCHIVE_TABLES:
+            if name in PARTITIONED_TABLES:
                 con.execute(f"ALTER TABLE {CATALOG}.{name} SET PARTITIONED BY (healpix_partition)")
+            if name == "object_index" and "objects" in existing:  # an archive from before the index
+                con.execute(f"INSERT INTO {CATALOG}.object_index SELECT object_id, _healpix_29, healpix_partition, ra, dec FROM {CATALOG}.objects ORDER BY object_id")
 
     def _insert_sorted(self, con: duckdb.DuckDBPyConnection, name: str, source: str) -> int:
         """Insert ``source``'s rows into table ``name`` sorted as its schema says (the order
@@ -273,6 +277,8 @@ class Archive:
         """Fill the temporary table ``staged_objects`` with the objects this night creates (library
         stars of its forced photometry not yet known; new objects from detections that match
         nothing) and associate ``new_sources`` with objects. Returns the number of new objects."""
+        from mstlake.lake import associate  # scipy: writers only
+
         schema = self.schemas["objects"]
         con.execute(f"CREATE OR REPLACE TEMP TABLE staged_objects AS SELECT * FROM {CATALOG}.objects LIMIT 0")
         if library is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import healpy as hp
 import numpy as np
 
 SPATIAL_ORDER = 29  # the order of the spatial index column, as HATS defines it (_healpix_29)
@@ -11,6 +10,7 @@ SPATIAL_ORDER = 29  # the order of the spatial index column, as HATS defines it 
 def spatial_index(ra_deg, dec_deg) -> np.ndarray:
     """NESTED HEALPix pixel at order 29 of each position (int64), the same as
     ``hats.pixel_math.spatial_index.compute_spatial_index``."""
+    import healpy as hp  # here, not at the top: it imports matplotlib, a second a reader should not pay
     return np.asarray(hp.ang2pix(2**SPATIAL_ORDER, np.asarray(ra_deg, float), np.asarray(dec_deg, float), nest=True, lonlat=True), np.int64)
 
 
@@ -25,6 +25,7 @@ def parent_pixel(index_29, order: int) -> np.ndarray:
 def cone_pixels(ra_deg: float, dec_deg: float, radius_arcsec: float, order: int) -> np.ndarray:
     """Every NESTED pixel at ``order`` that overlaps the cone (healpy's inclusive disc query, which
     may add a neighbour or two, never misses one), sorted."""
+    import healpy as hp
     vector = hp.ang2vec(float(ra_deg), float(dec_deg), lonlat=True)
     radius = np.deg2rad(float(radius_arcsec) / 3600.0)
     return np.sort(hp.query_disc(2**order, vector, radius, inclusive=True, nest=True)).astype(np.int64)
@@ -33,6 +34,8 @@ def cone_pixels(ra_deg: float, dec_deg: float, radius_arcsec: float, order: int)
 def pixels_with_neighbours(pixels, order: int) -> np.ndarray:
     """The given NESTED pixels and their (up to 8) neighbours, sorted and unique: what a match of
     radius much smaller than a pixel must read so that nothing across a pixel edge is missed."""
+    import healpy as hp
+
     pixels = np.unique(np.asarray(pixels, np.int64))
     if pixels.size == 0:
         return pixels

@@ -47,8 +47,8 @@ def open_lake(path: str | Path, *, release: str | None = None) -> duckdb.DuckDBP
         raise FileNotFoundError(f"no lake at {paths.root}")
     if paths.archive_catalogue.exists():
         con = open_reader(paths, release)
-        for name in ARCHIVE_VIEWS:
-            con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM lake.{name}")
+        for name in (*ARCHIVE_VIEWS, "object_index"):
+            con.execute(f"CREATE TEMP VIEW {name} AS {_snapshot_scan(con, name)}")
         _create_macros(con, _partition_order(con))
     elif release:
         raise ArchiveError(f"no archive at {paths.archive_dir}, so no release {release!r}")
@@ -66,6 +66,23 @@ def open_lake(path: str | Path, *, release: str | None = None) -> duckdb.DuckDBP
     if glob.glob(paths.sources_pattern):
         con.execute(f"CREATE TEMP VIEW night_sources AS SELECT * FROM read_parquet('{sql_path(paths.sources_pattern)}')")
     return con
+
+
+def _snapshot_scan(con: duckdb.DuckDBPyConnection, name: str) -> str:
+    """The query a view of archive table ``name`` reads: its data files at the attached snapshot
+    read directly, when it has no deleted rows; the DuckLake table otherwise. A snapshot's files
+    never change, and DuckLake with a SQLite catalogue reloads every table's file statistics
+    (~40 ms for a survey-sized archive) for each table a query scans, which a light curve
+    cannot afford; DuckDB prunes the listed files by their healpix_partition directory."""
+    listed = con.execute(f"SELECT data_file, delete_file FROM ducklake_list_files('lake', '{name}')").fetchall()
+    if not listed:
+        return f"SELECT * FROM lake.{name} LIMIT 0"  # empty: planned away without reading the catalogue
+    if any(delete is not None for _, delete in listed):
+        return f"SELECT * FROM lake.{name}"
+    files = ", ".join(f"'{sql_path(path)}'" for path, _ in listed)
+    partitioned = "healpix_partition=" in listed[0][0]
+    options = ", hive_partitioning = true, hive_types = {'healpix_partition': INTEGER}" if partitioned else ", hive_partitioning = false"
+    return f"SELECT * FROM read_parquet([{files}]{options})"
 
 
 def _partition_order(con: duckdb.DuckDBPyConnection) -> int:
@@ -101,24 +118,24 @@ MACROS = (
           AND angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) <= radius_arcsec
         ORDER BY separation_arcsec""",
     """CREATE TEMP MACRO lightcurve(id) AS TABLE
-        WITH target AS (SELECT object_id, healpix_partition, ra, dec FROM lake.objects WHERE object_id = id),
+        WITH target AS (SELECT object_id, healpix_partition, ra, dec FROM object_index WHERE object_id = id),
         forced_points AS (
             SELECT f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag, 'forced' AS kind
-            FROM lake.forced f SEMI JOIN target t ON f.healpix_partition = t.healpix_partition AND f.object_id = t.object_id
+            FROM forced f SEMI JOIN target t ON f.healpix_partition = t.healpix_partition AND f.object_id = t.object_id
         ),
         detections AS (
             SELECT s.object_id, s.frame_id, s.mjd, s.band, s.flux_psf, s.flux_psf_err, s.mag_psf, s.mag_psf_err, NULL::FLOAT, s.flag_psf, 'detection'
-            FROM lake.sources s
+            FROM sources s
             WHERE s.object_id = id AND NOT EXISTS (SELECT 1 FROM forced_points)
               AND s.healpix_partition IN (SELECT unnest(healpix_cone(t.ra, t.dec, 2)) FROM target t)
         ),
         points AS (SELECT * FROM forced_points UNION ALL SELECT * FROM detections)
         SELECT p.*, fr.cloudy, coalesce(fr.status = 'calibrated' AND NOT fr.cloudy, true) AND p.flag = 0 AND p.mag IS NOT NULL AS good
-        FROM points p LEFT JOIN lake.frames fr USING (frame_id)
+        FROM points p LEFT JOIN frames fr USING (frame_id)
         ORDER BY p.band, p.mjd""",
     """CREATE TEMP MACRO lightcurve_at(ra_deg, dec_deg, radius_arcsec) AS TABLE
         SELECT c.separation_arcsec, f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag
-        FROM cone(ra_deg, dec_deg, radius_arcsec) c JOIN lake.forced f ON f.healpix_partition = c.healpix_partition AND f.object_id = c.object_id
+        FROM cone(ra_deg, dec_deg, radius_arcsec) c JOIN forced f ON f.healpix_partition = c.healpix_partition AND f.object_id = c.object_id
         ORDER BY c.separation_arcsec, f.object_id, f.band, f.mjd""",
     """CREATE TEMP MACRO variables(band := 'g', min_epochs := 10, min_chi2 := 5.0, min_stetson_j := 0.5) AS TABLE
         WITH per_band AS (

@@ -151,7 +151,9 @@ def test_data_files_are_healpix_partitioned_sorted_and_never_rewritten(tmp_path)
     commit_night(archive, 2)
     after = {p: p.stat().st_mtime_ns for p in paths.archive_data.rglob("*.parquet")}
     assert set(before) < set(after) and all(after[p] == t for p, t in before.items())
-    for path in after:
+    partitioned = [path for path in after if path.parent.name.startswith("healpix_partition=")]
+    assert len(partitioned) > len(after) / 2  # all but the object_index's files
+    for path in partitioned:
         table = pq.read_table(path)
         pixel = int(path.parent.name.split("=")[1])
         index = table.column("_healpix_29").to_numpy()
