@@ -147,6 +147,12 @@ class LakePaths:
     def archive_writer_lock(self) -> Path:
         return self.archive_dir / "writer.lock"
 
+    @property
+    def archive_writer_active(self) -> Path:
+        """Present while a writer works: found by the next writer, it means the last one died
+        (its uncommitted data files must go)."""
+        return self.archive_dir / "writer.active"
+
     def reference_catalogue(self, field: str) -> Path:
         """The field's reference catalogue, cut to the field with a margin (Parquet)."""
         return self.root / "reference" / f"{field}.parquet"
