@@ -343,3 +343,20 @@ def test_compaction_merges_nightly_files_and_leaves_every_snapshot_as_it_was(tmp
     assert con.execute("SELECT count(*) FROM lake.objects").fetchone()[0] == N_LIBRARY + 1
     con.close(), released.close()
     assert commit_night(archive, 4).rows_added["forced"] == 1200  # nights go on after a compaction
+
+
+def test_open_lake_views_of_a_release_hold_only_its_nights(tmp_path):
+    from mstlake.query import open_lake
+
+    archive = Archive(LakePaths(tmp_path / "lake"), CFG)
+    commit_night(archive, 1)
+    archive.release("DR1")
+    commit_night(archive, 2)
+    # forced, frames and sources are read from the snapshot's own files: a later night is not in them
+    for release, nights in ((None, 2), ("DR1", 1)):
+        con = open_lake(tmp_path / "lake", release=release)
+        assert con.sql("SELECT count(*) FROM forced").fetchone()[0] == 1200 * nights
+        assert con.sql("SELECT count(DISTINCT frame_id) FROM frames").fetchone()[0] == 3 * nights
+        assert con.sql("SELECT count(*) FROM sources").fetchone()[0] == 1201 * nights
+        assert "read_parquet" in con.sql("SELECT sql FROM duckdb_views() WHERE view_name = 'forced'").fetchone()[0]
+        con.close()
