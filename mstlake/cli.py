@@ -149,24 +149,29 @@ def sql(query, lake_dir, release, output_format, out_file):
         result = con.sql(text)
         if result is None:
             _fail("the statement returned no rows (only queries that return a result are useful here)")
-        if output_format == "parquet":
-            result.write_parquet(str(out_file))
-            console.print(f"{len(result)} rows written to [cyan]{out_file}[/]")
-        elif output_format == "csv":
-            frame = result.df()
-            if out_file is None:
-                click.echo(frame.to_csv(index=False), nl=False)
-            else:
-                frame.to_csv(out_file, index=False)
-                console.print(f"{len(frame)} rows written to [cyan]{out_file}[/]")
-        else:
-            frame = result.df()
-            table = Table(*[str(c) for c in frame.columns])
-            for row in frame.itertuples(index=False):
-                table.add_row(*[str(v) for v in row])
-            console.print(table)
+        _write_result(result.df(), output_format, out_file)
     except (FileNotFoundError, ArchiveError, duckdb.Error) as err:
         _fail(str(err))
+
+
+def _write_result(frame, output_format: str, out_file: Path | None, *, shown_columns=None, float_format: str = "") -> None:
+    """A query's result as Parquet (to ``out_file``), CSV (to ``out_file`` or stdout) or a table
+    on the terminal (``shown_columns`` of it, floats as ``float_format``)."""
+    if output_format == "parquet":
+        frame.to_parquet(out_file, index=False)
+    elif output_format == "csv" or out_file is not None:
+        if out_file is None:
+            click.echo(frame.to_csv(index=False), nl=False)
+            return
+        frame.to_csv(out_file, index=False)
+    else:
+        shown = frame if shown_columns is None else frame[list(shown_columns)]
+        table = Table(*[str(c) for c in shown.columns])
+        for row in shown.itertuples(index=False):
+            table.add_row(*[format(v, float_format) if isinstance(v, float) else str(v) for v in row])
+        console.print(table)
+        return
+    console.print(f"{len(frame)} rows written to [cyan]{out_file}[/]")
 
 
 @main.command()
@@ -197,21 +202,9 @@ def lightcurve(lake_dir, ra, dec, radius, band, release, output_format, out_file
         _fail(str(err))
     if points.empty:
         _fail(f'no object within {radius:g}" of ({ra:.6f}, {dec:.6f}) in {lake_dir}')
-    if output_format == "parquet":
-        points.to_parquet(out_file, index=False)
-    elif output_format == "csv" or out_file is not None:
-        if out_file is None:
-            click.echo(points.to_csv(index=False), nl=False)
-        else:
-            points.to_csv(out_file, index=False)
-    else:
-        shown = points[["object_id", "separation_arcsec", "band", "mjd", "mag", "mag_err", "mag_magfit", "flag", "good"]]
-        table = Table(*shown.columns)
-        for row in shown.itertuples(index=False):
-            table.add_row(*[f"{v:.5f}" if isinstance(v, float) else str(v) for v in row])
-        console.print(table)
+    _write_result(points, output_format, out_file, shown_columns=("object_id", "separation_arcsec", "band", "mjd", "mag", "mag_err", "mag_magfit", "flag", "good"), float_format=".5f")
     summary = points.groupby("object_id", sort=False).agg(points=("mjd", "size"), good=("good", "sum"))
-    console.print(f"{len(summary)} object(s), {len(points)} points ({int(summary.good.sum())} good)" + (f"; written to [cyan]{out_file}[/]" if out_file else ""))
+    console.print(f"{len(summary)} object(s), {len(points)} points ({int(summary.good.sum())} good)")
     if plot_file is not None:
         console.print(f"plot: [cyan]{plot_lightcurves(points, plot_file, title=f'({ra:.5f}, {dec:.5f})')}[/]")
 
