@@ -39,8 +39,10 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
+from mstlake.astro import separation_deg
 from mstlake.config import ArchiveConfig
 from mstlake.lake import healpix
 from mstlake.paths import LakePaths
@@ -54,6 +56,8 @@ PARTITIONED_TABLES = ("frames", "sources", "forced", "objects")  # object_index 
 RELEASES = "releases"
 CATALOG = "lake"  # the name the archive is attached under in a DuckDB connection
 BANDS = ("g", "r", "i")
+# objects' per-band statistics, as OBJECT_STATISTICS_SQL names them (objects.<stat>_<band>)
+BAND_STATISTICS = ("mean", "median", "std", "chi2", "stetson_j", "stetson_k", "iqr", "amplitude", "first_mjd", "last_mjd")
 NEW_OBJECT_BASE = 9_000_000_000_000_000_000  # new objects' ids count up from here: above any Gaia DR3 source_id
 
 class ArchiveError(RuntimeError):
@@ -117,6 +121,40 @@ def open_reader(paths: LakePaths, release: str | None = None) -> duckdb.DuckDBPy
     return connect(paths, snapshot_id=named[release])
 
 
+def new_objects(paths: LakePaths) -> pa.Table:
+    """The archive's objects that are not library stars (object_id, ra, dec, and the _healpix_29
+    they were created with: their light-curve points go to that partition); none before the
+    first commit."""
+    found = _latest(paths, "SELECT object_id, ra, dec, _healpix_29 FROM lake.objects WHERE library_id IS NULL ORDER BY object_id")
+    return found if found is not None else pa.table({"object_id": pa.array([], pa.int64()), "ra": pa.array([], pa.float64()), "dec": pa.array([], pa.float64()), "_healpix_29": pa.array([], pa.int64())})
+
+
+def master_magnitudes(paths: LakePaths, object_ids, band: str) -> pd.Series | None:
+    """The magfit master magnitudes in ``band`` the archive holds for these objects (None when it
+    holds none)."""
+    if band not in BANDS:
+        raise ArchiveError(f"no band {band!r} in the archive (bands: {BANDS})")
+    wanted = pa.table({"object_id": pa.array(np.asarray(object_ids), pa.int64())})
+    found = _latest(paths, f"SELECT object_id, master_{band} AS master FROM lake.objects SEMI JOIN wanted USING (object_id) WHERE master_{band} IS NOT NULL", wanted=wanted)
+    if found is None or not found.num_rows:
+        return None
+    return pd.Series(found.column("master").to_numpy().astype(float), index=found.column("object_id").to_numpy())
+
+
+def _latest(paths: LakePaths, query: str, **tables: pa.Table) -> pa.Table | None:
+    """``query`` on the last committed snapshot, with ``tables`` registered under their names;
+    None when nothing has been committed."""
+    if not paths.archive_catalogue.exists():
+        return None
+    con = open_reader(paths)
+    try:
+        for name, table in tables.items():
+            con.register(name, table)
+        return con.execute(query).fetch_arrow_table()
+    finally:
+        con.close()
+
+
 class Archive:
     """The archive of one lake: ``commit`` a night's tables, name a ``release``, open ``reader``s."""
 
@@ -142,8 +180,7 @@ class Archive:
             raise ArchiveError(f"not night tables of the archive: {sorted(unknown)} (known: {list(NIGHT_TABLES)})")
         incoming = {name: self.schemas[name].conform(table) for name, table in tables.items()}
         with self._writer() as con:
-            con.execute("BEGIN")
-            try:
+            with _transaction(con):
                 added, skipped = {}, 0
                 for name, table in incoming.items():
                     held = self._frames_held(con, name, table)
@@ -165,11 +202,6 @@ class Archive:
                     else:
                         self._insert_sorted(con, "objects", "staged_objects")
                     con.execute(f"CALL {CATALOG}.set_commit_message('mstlake', ?)", [message])
-                con.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):
-                    con.execute("ROLLBACK")
-                raise
             snapshot = self._current_snapshot(con) if any(added.values()) else None
         return CommitResult(snapshot, added, int(skipped), new_objects if any(added.values()) else 0)
 
@@ -177,16 +209,10 @@ class Archive:
         """Recompute every object's position and statistics from all its measurements, in one
         snapshot (after bulk loads made with ``refresh_objects=False``). Returns the snapshot id."""
         with self._writer() as con:
-            con.execute("BEGIN")
-            try:
+            with _transaction(con):
                 con.execute(f"CREATE OR REPLACE TEMP TABLE staged_objects AS SELECT * FROM {CATALOG}.objects LIMIT 0")
                 self._refresh_objects(con, None, f"SELECT object_id FROM {CATALOG}.objects")
                 con.execute(f"CALL {CATALOG}.set_commit_message('mstlake', ?)", [message])
-                con.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):
-                    con.execute("ROLLBACK")
-                raise
             return self._current_snapshot(con)
 
     def compact(self) -> dict[str, tuple[int, int]]:
@@ -329,7 +355,7 @@ class Archive:
             ids = (NEW_OBJECT_BASE if last is None else last + 1) + np.arange(len(group_ra), dtype=np.int64)
             self._stage(con, schema, ids, group_ra, group_dec, library_id=False)
             object_id[unmatched] = ids[groups]
-            separation[unmatched] = associate.separation_arcsec(ra[unmatched], dec[unmatched], group_ra[groups], group_dec[groups])
+            separation[unmatched] = 3600 * separation_deg(ra[unmatched], dec[unmatched], group_ra[groups], group_dec[groups])
             n_new = len(ids)
         detections = detections.set_column(detections.column_names.index("object_id"), "object_id", pa.array(object_id, pa.int64()))
         detections = detections.set_column(detections.column_names.index("separation_arcsec"), "separation_arcsec", pa.array(separation, pa.float32()))
@@ -365,12 +391,12 @@ class Archive:
         con.execute(OBJECT_STATISTICS_SQL)
         per_band = ",\n".join(
             f"coalesce(max(CASE WHEN band = '{b}' THEN n END), 0) AS n_{b}, "
-            + ", ".join(f"max(CASE WHEN band = '{b}' THEN {stat} END) AS {stat}_{b}" for stat in ("mean", "median", "std", "chi2", "stetson_j", "stetson_k", "iqr", "amplitude", "first_mjd", "last_mjd"))
+            + ", ".join(f"max(CASE WHEN band = '{b}' THEN {stat} END) AS {stat}_{b}" for stat in BAND_STATISTICS)
             for b in BANDS
         )
         given = ", ".join(f"max(CASE WHEN band = '{b}' THEN master END) AS given_{b}" for b in BANDS)
         masters_sql = ", ".join(f"coalesce(o.master_{b}, g.given_{b}) AS master_{b}" for b in BANDS)
-        stats_columns = ", ".join(f"coalesce(s.n_{b}, 0) AS n_{b}, " + ", ".join(f"s.{stat}_{b}" for stat in ("mean", "median", "std", "chi2", "stetson_j", "stetson_k", "iqr", "amplitude", "first_mjd", "last_mjd")) + f", master_{b}" for b in BANDS)
+        stats_columns = ", ".join(f"coalesce(s.n_{b}, 0) AS n_{b}, " + ", ".join(f"s.{stat}_{b}" for stat in BAND_STATISTICS) + f", master_{b}" for b in BANDS)
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE refreshed AS
             WITH wide AS (SELECT object_id, {per_band} FROM object_statistics GROUP BY object_id),
@@ -395,6 +421,19 @@ class Archive:
     @staticmethod
     def _current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
         return int(con.execute(f"SELECT id FROM {CATALOG}.current_snapshot()").fetchone()[0])
+
+
+@contextlib.contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, rolled back if anything in between raises (one snapshot or none)."""
+    con.execute("BEGIN")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
 
 
 def sql_path(path: str | Path) -> str:

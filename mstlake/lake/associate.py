@@ -22,11 +22,6 @@ def _chord(radius_arcsec: float) -> float:
     return 2.0 * np.sin(np.deg2rad(radius_arcsec / 3600.0) / 2.0)
 
 
-def separation_arcsec(ra1, dec1, ra2, dec2) -> np.ndarray:
-    chord = np.linalg.norm(unit_vectors(ra1, dec1) - unit_vectors(ra2, dec2), axis=1)
-    return np.rad2deg(2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))) * 3600.0
-
-
 def nearest_within(ra_deg, dec_deg, target_ra_deg, target_dec_deg, radius_arcsec: float) -> tuple[np.ndarray, np.ndarray]:
     """For each position, the index of the nearest target within ``radius_arcsec`` (-1 when none)
     and its separation in arcsec (NaN when none)."""

@@ -22,15 +22,6 @@ def parent_pixel(index_29, order: int) -> np.ndarray:
     return np.right_shift(np.asarray(index_29, np.int64), 2 * (SPATIAL_ORDER - order))
 
 
-def cone_pixels(ra_deg: float, dec_deg: float, radius_arcsec: float, order: int) -> np.ndarray:
-    """Every NESTED pixel at ``order`` that overlaps the cone (healpy's inclusive disc query, which
-    may add a neighbour or two, never misses one), sorted."""
-    import healpy as hp
-    vector = hp.ang2vec(float(ra_deg), float(dec_deg), lonlat=True)
-    radius = np.deg2rad(float(radius_arcsec) / 3600.0)
-    return np.sort(hp.query_disc(2**order, vector, radius, inclusive=True, nest=True)).astype(np.int64)
-
-
 def pixels_with_neighbours(pixels, order: int) -> np.ndarray:
     """The given NESTED pixels and their (up to 8) neighbours, sorted and unique: what a match of
     radius much smaller than a pixel must read so that nothing across a pixel edge is missed."""

@@ -31,7 +31,7 @@ from mstlake.astrom import frame as frame_kernel
 from mstlake.astrom import solve
 from mstlake.config import ArchiveConfig, AstrometryConfig, InstrumentConfig, MagfitConfig, PhotometryConfig
 from mstlake.lake import cubes, healpix
-from mstlake.lake.archive import Archive, open_reader
+from mstlake.lake.archive import Archive, master_magnitudes, new_objects
 from mstlake.lake.tables import read_table, update_column, write_table_atomic
 from mstlake.paths import LakePaths
 from mstlake.phot import aperture as ap
@@ -142,7 +142,7 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     positions["_healpix_29"] = healpix.spatial_index(positions.ra.values, positions.dec.values)
     # objects the library lacks, known to the archive when the run starts, are measured too (their
     # light curves then have points on every frame, non-detections included)
-    extra = known_new_objects(lake)
+    extra = new_objects(lake).to_pandas().rename(columns={"object_id": "source_id"})
     positions = pd.concat([positions, extra.assign(colour=np.nan)], ignore_index=True)
     for _, band, night, store in lake.field_cubes(field):
         tasks = []
@@ -211,21 +211,19 @@ def archive_frames(astrometry_rows: list[dict], photometry_rows: list[dict], inv
     rows = []
     for astrometry, photometry in zip(astrometry_rows, photometry_rows, strict=True):
         frame = inventory.loc[astrometry["frame_id"]]
-        ra, dec = _frame_centre(astrometry["wcs_header"], frame)
+        ra, dec, scale_arcsec = _frame_centre_and_scale(astrometry["wcs_header"], frame)
+        index = int(healpix.spatial_index([ra], [dec])[0])
         status = photometry["status"] if astrometry["status"] == "solved" else "failed"
         reason = astrometry["reason"] if status == "failed" else photometry["reason"]
         fwhm = photometry["psf_fwhm_px"]
         rows.append({
-            "ra": ra, "dec": dec, "frame_id": astrometry["frame_id"], **{name: frame[name] for name in _INVENTORY_COLUMNS},
+            "_healpix_29": index, "healpix_partition": int(healpix.parent_pixel(index, partition_order)), "frame_id": astrometry["frame_id"], **{name: frame[name] for name in _INVENTORY_COLUMNS},
             "status": status, "reason": reason, "wcs_header": astrometry["wcs_header"],
             "rms_x_mas": astrometry["rms_x_mas"], "rms_y_mas": astrometry["rms_y_mas"], "n_matched": astrometry["n_matched"],
-            "seeing_arcsec": None if fwhm is None else fwhm * _pixel_scale_arcsec(astrometry["wcs_header"]),
+            "seeing_arcsec": None if fwhm is None else fwhm * scale_arcsec,
             **{name: photometry[name] for name in _PHOTOMETRY_COLUMNS}, "magfit_rms_mag": None, "magfit_stars": 0, "release": None, "mstlake_version": mstlake.__version__,
         })
-    table = pd.DataFrame(rows)
-    index = healpix.spatial_index(table.ra.values, table.dec.values)
-    table = table.drop(columns=["ra", "dec"]).assign(_healpix_29=index, healpix_partition=healpix.parent_pixel(index, partition_order).astype(np.int32))
-    return load_schema("archive_frames").from_columns({name: table[name].values if table[name].dtype != object else table[name].tolist() for name in table.columns})
+    return load_schema("archive_frames").from_rows(rows)
 
 
 _INVENTORY_COLUMNS = ("path", "sha256", "telescope", "band", "field", "night", "date_obs", "mjd", "exptime", "airmass", "ra_pointing", "dec_pointing", "egain", "ccd_temp", "naxis1", "naxis2")
@@ -234,16 +232,14 @@ _PHOTOMETRY_COLUMNS = (
 )
 
 
-def _frame_centre(wcs_header: str | None, frame) -> tuple[float, float]:
-    if wcs_header:
-        wcs = WCS(fits.Header.fromstring(wcs_header))
-        ra, dec = wcs.pixel_to_world_values((frame.naxis1 - 1) / 2, (frame.naxis2 - 1) / 2)
-        return float(ra), float(dec)
-    return float(frame.ra_pointing), float(frame.dec_pointing)
-
-
-def _pixel_scale_arcsec(wcs_header: str | None) -> float:
-    return float(np.sqrt(abs(np.linalg.det(WCS(fits.Header.fromstring(wcs_header)).pixel_scale_matrix))) * 3600) if wcs_header else np.nan
+def _frame_centre_and_scale(wcs_header: str | None, frame) -> tuple[float, float, float]:
+    """(ra, dec) of the frame's centre and its pixel scale in arcsec, through its WCS; the
+    pointing (and no scale) when it was not solved."""
+    if not wcs_header:
+        return float(frame.ra_pointing), float(frame.dec_pointing), np.nan
+    wcs = WCS(fits.Header.fromstring(wcs_header))
+    ra, dec = wcs.pixel_to_world_values((frame.naxis1 - 1) / 2, (frame.naxis2 - 1) / 2)
+    return float(ra), float(dec), float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600)
 
 
 def archive_sources(sources: pa.Table, mjd: dict[int, float], band: str, *, partition_order: int) -> pa.Table:
@@ -261,14 +257,14 @@ def archive_sources(sources: pa.Table, mjd: dict[int, float], band: str, *, part
 
 def light_curve_points(forced: pa.Table, reference: pd.DataFrame, mjd: dict[int, float], band: str, *, partition_order: int) -> pa.Table:
     """A night's forced photometry (``forced_photometry`` schema) as the archive's light-curve
-    points (``forced``): the object's HEALPix index from its catalogue position, the frame's mjd."""
+    points (``forced``): the object's HEALPix index (``reference._healpix_29``), the frame's mjd."""
     f = forced.to_pandas()
     where = pd.Series(np.arange(len(reference)), index=reference.source_id.values)
     row = where.reindex(f.source_id.values).values
     if np.isnan(row).any():
         raise ValueError(f"{int(np.isnan(row).sum())} forced-photometry rows name sources that are not in the reference catalogue")
     row = row.astype(int)
-    index = reference._healpix_29.values[row] if "_healpix_29" in reference else healpix.spatial_index(reference.ra.values[row], reference.dec.values[row])
+    index = reference._healpix_29.values[row]  # the object's own (fixed at creation for new objects)
     return load_schema("forced").from_columns({
         "_healpix_29": index, "healpix_partition": healpix.parent_pixel(index, partition_order).astype(np.int32),
         "object_id": f.source_id.values, "frame_id": f.frame_id.values, "mjd": f.frame_id.map(mjd).values, "band": np.full(len(f), band),
@@ -287,40 +283,13 @@ def magfit_night(lake: LakePaths, points: pa.Table, frames: pa.Table, reference:
     good = (f.flag.values == 0) & np.isfinite(f.mag.values) & (f.mag_err.values > 0) & f.frame_id.map(clear).fillna(False).values.astype(bool)
     colour = f.object_id.map(pd.Series(reference.colour.values, index=reference.source_id.values)).values
     shape = (int(quality.naxis2.max()), int(quality.naxis1.max()))
-    result = magfit(f.frame_id.values, f.object_id.values, f.x.values, f.y.values, f.mag.values, f.mag_err.values, good=good, colour=colour, shape=shape, master=_archive_masters(lake, f.object_id.unique(), band), cfg=cfg)
+    result = magfit(f.frame_id.values, f.object_id.values, f.x.values, f.y.values, f.mag.values, f.mag_err.values, good=good, colour=colour, shape=shape, master=master_magnitudes(lake, f.object_id.unique(), band), cfg=cfg)
     points = points.set_column(points.column_names.index("mag_magfit"), "mag_magfit", pa.array(result.mag, pa.float32(), from_pandas=True))
     frame_ids = frames.column("frame_id").to_pandas()
     frames = frames.set_column(frames.column_names.index("magfit_rms_mag"), "magfit_rms_mag", pa.array(frame_ids.map(result.frame_rms).values, pa.float32(), from_pandas=True))
     frames = frames.set_column(frames.column_names.index("magfit_stars"), "magfit_stars", pa.array(frame_ids.map(result.frame_stars).fillna(0).astype(int).values, pa.int32()))
     masters = pa.table({"object_id": pa.array(result.master.index.values, pa.int64()), "band": pa.array(np.full(len(result.master), band)), "master": pa.array(result.master.values, pa.float32())})
     return points, frames, masters
-
-
-def known_new_objects(lake: LakePaths) -> pd.DataFrame:
-    """The archive's objects that are not library stars: source_id (= object_id), ra, dec and the
-    ``_healpix_29`` they were created with (their light-curve points go to that partition)."""
-    empty = pd.DataFrame({"source_id": pd.Series([], dtype=np.int64), "ra": pd.Series([], dtype=float), "dec": pd.Series([], dtype=float), "_healpix_29": pd.Series([], dtype=np.int64)})
-    if not lake.archive_catalogue.exists():
-        return empty
-    con = open_reader(lake)
-    try:
-        found = con.execute("SELECT object_id AS source_id, ra, dec, _healpix_29 FROM lake.objects WHERE library_id IS NULL ORDER BY object_id").fetch_df()
-    finally:
-        con.close()
-    return found if len(found) else empty
-
-
-def _archive_masters(lake: LakePaths, object_ids: np.ndarray, band: str) -> pd.Series | None:
-    """The archive's master magnitudes in ``band`` of these objects (None when it has none)."""
-    if not lake.archive_catalogue.exists():
-        return None
-    con = open_reader(lake)
-    try:
-        con.register("wanted", pa.table({"object_id": pa.array(object_ids, pa.int64())}))
-        known = con.execute(f"SELECT object_id, master_{band} AS master FROM lake.objects SEMI JOIN wanted USING (object_id) WHERE master_{band} IS NOT NULL").fetch_df()
-    finally:
-        con.close()
-    return pd.Series(known.master.values.astype(float), index=known.object_id.values) if len(known) else None
 
 
 def _transparency(rows: list[dict], frames: pd.DataFrame) -> None:

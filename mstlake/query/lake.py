@@ -54,17 +54,16 @@ def open_lake(path: str | Path, *, release: str | None = None) -> duckdb.DuckDBP
         raise ArchiveError(f"no archive at {paths.archive_dir}, so no release {release!r}")
     else:
         con = duckdb.connect()
-        for view, table in (("frames", "frames"),):
-            if paths.table(table).exists():
-                con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM read_parquet('{sql_path(paths.table(table))}')")
-        if glob.glob(paths.sources_pattern):
-            con.execute(f"CREATE TEMP VIEW sources AS SELECT * FROM read_parquet('{sql_path(paths.sources_pattern)}')")
     con.execute("SET VARIABLE lake = ?", [str(paths.root)])
-    for view, table in PARQUET_TABLES.items():
-        if paths.table(table).exists():
-            con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM read_parquet('{sql_path(paths.table(table))}')")
+    files = {view: paths.table(table) for view, table in PARQUET_TABLES.items() if paths.table(table).exists()}
     if glob.glob(paths.sources_pattern):
-        con.execute(f"CREATE TEMP VIEW night_sources AS SELECT * FROM read_parquet('{sql_path(paths.sources_pattern)}')")
+        files["night_sources"] = paths.sources_pattern
+    for view, pattern in files.items():
+        con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM read_parquet('{sql_path(pattern)}')")
+    if not paths.archive_catalogue.exists():  # a lake measured before it had an archive
+        for view, source in (("frames", "inventory"), ("sources", "night_sources")):
+            if source in files:
+                con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM {source}")
     return con
 
 

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pytest
 from hats.io import validation
 
+from mstlake.astro import separation_deg
 from mstlake.lake import hats_export
 from mstlake.lake.hats_export import export_from_connection, export_hats
 
@@ -73,12 +74,6 @@ def simulated_survey(seed: int = 7, n_field: int = 3000) -> tuple[pa.Table, pa.T
     return objects, points, edge_dec
 
 
-def separation_arcsec(ra, dec, ra0, dec0):
-    ra, dec, ra0, dec0 = map(np.radians, (ra, dec, ra0, dec0))
-    haversine = np.sin((dec - dec0) / 2) ** 2 + np.cos(dec) * np.cos(dec0) * np.sin((ra - ra0) / 2) ** 2
-    return np.degrees(2 * np.arcsin(np.sqrt(haversine))) * 3600
-
-
 @pytest.fixture(scope="module")
 def survey():
     return simulated_survey()
@@ -140,7 +135,7 @@ def test_a_cone_search_finds_what_brute_force_finds(survey, catalog):
     objects, _, _ = survey
     ra0, dec0, radius = FIELD_RA + 0.1, FIELD_DEC - 0.15, 900.0
     found = catalog.cone_search(ra=ra0, dec=dec0, radius_arcsec=radius).compute(progress_bar=False)
-    inside = separation_arcsec(objects["ra"].to_numpy(), objects["dec"].to_numpy(), ra0, dec0) <= radius
+    inside = 3600 * separation_deg(objects["ra"].to_numpy(), objects["dec"].to_numpy(), ra0, dec0) <= radius
     assert 100 < len(found) == inside.sum()
     assert set(found["object_id"]) == set(objects["object_id"].to_numpy()[inside])
 

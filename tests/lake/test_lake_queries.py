@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from mstlake.astro import separation_deg
 from mstlake.config import ArchiveConfig
-from mstlake.lake import associate, healpix
+from mstlake.lake import healpix
 from mstlake.lake.archive import Archive
 from mstlake.paths import LakePaths
 from mstlake.query import open_lake
@@ -102,7 +103,7 @@ def test_cone_finds_exactly_the_objects_within_the_radius(sky_lake, centre):
     con = open_lake(paths.root)
     for radius in (60.0, 300.0, 1200.0):
         got = con.execute("SELECT object_id, separation_arcsec FROM cone(?, ?, ?)", [centre[0], centre[1], radius]).fetchall()
-        separation = associate.separation_arcsec(np.full(len(library["ra"]), centre[0]), np.full(len(library["ra"]), centre[1]), library["ra"], library["dec"])
+        separation = 3600 * separation_deg(library["ra"], library["dec"], centre[0], centre[1])
         expected = set(library["source_id"][separation <= radius].tolist())
         assert {row[0] for row in got} == expected, (centre, radius)
         assert all(abs(s - separation[i - 1]) < 1e-3 for i, s in got)
@@ -115,7 +116,7 @@ def test_cone_at_a_partition_corner_and_its_pruning(sky_lake):
     corners = hp.boundaries(2**CFG.partition_order, pixel, step=1, nest=True).T
     nearest = corners[np.argmax(corners @ hp.ang2vec(116.0, 28.0, lonlat=True))]  # inside the field
     corner_ra, corner_dec = hp.vec2ang(nearest, lonlat=True)
-    separation = associate.separation_arcsec(np.full(len(library["ra"]), corner_ra[0]), np.full(len(library["ra"]), corner_dec[0]), library["ra"], library["dec"])
+    separation = 3600 * separation_deg(library["ra"], library["dec"], corner_ra[0], corner_dec[0])
     got = {row[0] for row in con.execute("SELECT object_id FROM cone(?, ?, 300)", [float(corner_ra[0]), float(corner_dec[0])]).fetchall()}
     assert got == set(library["source_id"][separation <= 300].tolist()) and len(got) > 3
     total = con.execute("SELECT count(*) FROM ducklake_list_files('lake', 'objects')").fetchone()[0]

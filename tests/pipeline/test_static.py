@@ -184,10 +184,10 @@ def test_a_later_run_measures_the_archives_new_objects_on_every_frame(solved_lak
     import pyarrow as pa
 
     from mstlake.lake import associate
-    from mstlake.lake.archive import NEW_OBJECT_BASE, Archive, open_reader
+    from mstlake.lake.archive import NEW_OBJECT_BASE, Archive, new_objects, open_reader
     from mstlake.lake.refcat import load_reference
     from mstlake.paths import LakePaths
-    from mstlake.pipeline.static import known_new_objects, measure_field
+    from mstlake.pipeline.static import measure_field
 
     paths, lake, field, _ = solved_lake
     copy = LakePaths(tmp_path / "lake")
@@ -204,11 +204,11 @@ def test_a_later_run_measures_the_archives_new_objects_on_every_frame(solved_lak
     detection = frame.set_column(frame.column_names.index("frame_id"), "frame_id", pa.array([1], pa.int64()))
     for name, value in (("ra", ra), ("dec", dec)):
         detection = detection.set_column(detection.column_names.index(name), name, pa.array([value]))
-    before = set(known_new_objects(copy).source_id)
+    before = set(new_objects(copy).column("object_id").to_pylist())
     assert Archive(copy, pipeline_config.archive).commit({"sources": detection}, message="a transient").new_objects == 1
-    new = known_new_objects(copy)
-    (transient,) = set(new.source_id) - before
-    assert (new.source_id >= NEW_OBJECT_BASE).all()
+    new = new_objects(copy).to_pandas()
+    (transient,) = set(new.object_id) - before
+    assert (new.object_id >= NEW_OBJECT_BASE).all()
     reference = load_reference(field, copy, base=paths.raw)
     measure_field(copy, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, magfit_cfg=pipeline_config.magfit, progress=False)
     forced = duckdb.sql(f"SELECT frame_id, source_id, flux, flux_err FROM '{copy.tables_dir}/forced_photometry/*/*/*.parquet' WHERE source_id = {transient}").df()
