@@ -318,9 +318,10 @@ from mstlake.query.lake import open_lake
 t1 = time.perf_counter()
 con = open_lake(sys.argv[1])
 t2 = time.perf_counter()
-n = con.execute("SELECT * FROM lightcurve(?)", [int(sys.argv[2])]).fetch_arrow_table().num_rows
+# the id as a literal: a ? parameter makes DuckDB's Python client import pandas first (~0.3 s)
+n = con.execute(f"SELECT * FROM lightcurve({int(sys.argv[2])})").fetch_arrow_table().num_rows
 t3 = time.perf_counter()
-n2 = con.execute("SELECT * FROM lightcurve(?)", [int(sys.argv[3])]).fetch_arrow_table().num_rows
+n2 = con.execute(f"SELECT * FROM lightcurve({int(sys.argv[3])})").fetch_arrow_table().num_rows
 t4 = time.perf_counter()
 print(json.dumps({"import_ms": 1000 * (t1 - t0), "open_ms": 1000 * (t2 - t1), "query_ms": 1000 * (t3 - t2), "second_query_ms": 1000 * (t4 - t3), "rows": n}))
 """

@@ -27,6 +27,9 @@ CONFIG_OPTION = click.option(
 )
 
 
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "SET"}  # what mstlake sql runs (SET: variables and settings of its own connection)
+
+
 def _fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     sys.exit(2)
@@ -145,13 +148,18 @@ def sql(query, lake_dir, release, output_format, out_file):
     if output_format == "parquet" and out_file is None:
         raise click.UsageError("--format parquet needs --out FILE")
     try:
+        refused = sorted({s.type.name for s in duckdb.extract_statements(text)} - READ_ONLY_STATEMENTS)
+        if refused:
+            _fail(f"mstlake sql is read-only: {', '.join(refused)} statements are refused (queries, EXPLAIN and SET VARIABLE run)")
         con = open_lake(lake_dir, release=release)
         result = con.sql(text)
         if result is None:
             _fail("the statement returned no rows (only queries that return a result are useful here)")
         _write_result(result.df(), output_format, out_file)
     except (FileNotFoundError, ArchiveError, duckdb.Error) as err:
-        _fail(str(err))
+        hint = ("\nhint: cone() and lightcurve_at() take a constant centre and radius (literals, parameters or "
+                "getvariable()): SET VARIABLE ra = (SELECT ...); first, then cone(getvariable('ra'), ...)") if "subqueries in lambda" in str(err) else ""
+        _fail(str(err) + hint)
 
 
 def _write_result(frame, output_format: str, out_file: Path | None, *, shown_columns=None, float_format: str = "") -> None:

@@ -23,8 +23,9 @@ reference library, each new detection is associated with the nearest object with
 ``association_radius_arcsec`` (objects read from the detections' partitions and their
 neighbours, so pixel edges do not split an object), detections that match nothing become new
 objects (friends-of-friends within the radius, so a transient seen on several frames is one
-object), and the touched objects' rows are replaced by rows with refreshed statistics (DuckLake
-writes delete files for the old rows: no data file is rewritten).
+object), and the rows of the touched objects' partitions are replaced by rows with refreshed
+statistics (the old files leave the snapshot whole: no data file is rewritten, none gets a delete
+file).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import pyarrow as pa
 from mstlake.astro import separation_deg
 from mstlake.config import ArchiveConfig
 from mstlake.lake import healpix
+from mstlake.lake.snapshot import ArchiveError
 from mstlake.paths import LakePaths
 from mstlake.schemas import load_schema
 
@@ -59,10 +61,6 @@ BANDS = ("g", "r", "i")
 # objects' per-band statistics, as OBJECT_STATISTICS_SQL names them (objects.<stat>_<band>)
 BAND_STATISTICS = ("mean", "median", "std", "chi2", "stetson_j", "stetson_k", "iqr", "amplitude", "first_mjd", "last_mjd")
 NEW_OBJECT_BASE = 9_000_000_000_000_000_000  # new objects' ids count up from here: above any Gaia DR3 source_id
-
-class ArchiveError(RuntimeError):
-    """The archive cannot be opened or written (the message says which file and why)."""
-
 
 @dataclass(frozen=True)
 class CommitResult:
@@ -380,12 +378,17 @@ class Archive:
         con.unregister("staging")
 
     def _refresh_objects(self, con: duckdb.DuckDBPyConnection, masters: pa.Table | None, touched: str) -> None:
-        """Replace the rows of the objects ``touched`` (a query of object ids) and add the staged
-        ones, with rows whose position and per-band statistics include every measurement so far."""
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE touched AS SELECT * FROM (SELECT * FROM {CATALOG}.objects UNION ALL SELECT * FROM staged_objects) "
-            f"SEMI JOIN ({touched}) t USING (object_id)"
-        )
+        """Replace the rows of the objects ``touched`` (a query of object ids), and of every other
+        object in their partitions, and add the staged ones, with rows whose position and per-band
+        statistics include every measurement so far. Whole partitions, because DuckLake drops a
+        file whose rows are all deleted but keeps a delete file beside one partly deleted, and
+        readers of the snapshot's files (mstlake.lake.snapshot) go fastest without them."""
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE touched AS
+            WITH known AS (SELECT * FROM {CATALOG}.objects UNION ALL SELECT * FROM staged_objects),
+            partitions AS (SELECT DISTINCT healpix_partition FROM known SEMI JOIN ({touched}) t USING (object_id))
+            SELECT * FROM known SEMI JOIN partitions USING (healpix_partition)
+        """)
         con.register("given_masters", masters if masters is not None else pa.table({"object_id": pa.array([], pa.int64()), "band": pa.array([], pa.string()), "master": pa.array([], pa.float32())}))
         con.execute(OBJECT_POINTS_SQL.format(catalog=CATALOG))
         con.execute(OBJECT_STATISTICS_SQL)
@@ -415,7 +418,7 @@ class Archive:
             FROM base o LEFT JOIN wide s USING (object_id) LEFT JOIN detected d USING (object_id) LEFT JOIN span p USING (object_id)
         """)
         con.unregister("given_masters")
-        con.execute(f"DELETE FROM {CATALOG}.objects WHERE object_id IN (SELECT object_id FROM touched)")
+        con.execute(f"DELETE FROM {CATALOG}.objects WHERE healpix_partition IN (SELECT DISTINCT healpix_partition FROM touched)")
         self._insert_sorted(con, "objects", "refreshed")
 
     @staticmethod

@@ -28,38 +28,40 @@ from pathlib import Path
 
 import duckdb
 
-from mstlake.lake import healpix
-from mstlake.lake.archive import ArchiveError, open_reader, sql_path
+from mstlake.lake import healpix, snapshot
+from mstlake.lake.snapshot import ArchiveError
 from mstlake.paths import LakePaths
 
 # the lake's single-file tables, each a view when the file exists (frames.parquet is "inventory")
 PARQUET_TABLES = {"inventory": "frames", "quarantine": "quarantine", "calibration_log": "calibration_log", "astrometry": "astrometry", "photometry": "photometry"}
-ARCHIVE_VIEWS = ("frames", "sources", "forced", "objects")
+ARCHIVE_VIEWS = ("frames", "sources", "forced", "objects", "object_index", "releases")
 
 
 def open_lake(path: str | Path, *, release: str | None = None) -> duckdb.DuckDBPyConnection:
     """A read-only DuckDB connection on the lake at ``path`` with the views and macros described in
-    this module (the archive at its last committed snapshot, or at ``release``). The archive itself
-    is attached as ``lake``; the variable ``lake`` holds the lake's path, so the files in
-    ``queries/`` run as they are."""
+    this module (the archive at its last committed snapshot, or at ``release``). The variable
+    ``lake`` holds the lake's path, so the files in ``queries/`` run as they are.
+
+    The archive's views read the snapshot's Parquet files directly (the file list comes from the
+    DuckLake catalogue, see :mod:`mstlake.lake.snapshot`): nothing can write through them. Only
+    when the catalogue uses a DuckLake feature that reader does not know is the archive attached
+    through DuckLake (read-only, as ``lake``) and the views made on it."""
     paths = LakePaths(Path(path).resolve())
     if not paths.root.is_dir():
         raise FileNotFoundError(f"no lake at {paths.root}")
     if paths.archive_catalogue.exists():
-        con = open_reader(paths, release)
-        for name in (*ARCHIVE_VIEWS, "object_index"):
-            con.execute(f"CREATE TEMP VIEW {name} AS {_snapshot_scan(con, name)}")
-        _create_macros(con, _partition_order(con))
+        con = _archive_views(paths, release)
     elif release:
         raise ArchiveError(f"no archive at {paths.archive_dir}, so no release {release!r}")
     else:
         con = duckdb.connect()
-    con.execute("SET VARIABLE lake = ?", [str(paths.root)])
+    # a literal: a parameter would make DuckDB's Python client import pandas (~0.3 s) to check its type
+    con.execute(f"SET VARIABLE lake = {snapshot.sql_literal(str(paths.root))}")
     files = {view: paths.table(table) for view, table in PARQUET_TABLES.items() if paths.table(table).exists()}
     if glob.glob(paths.sources_pattern):
         files["night_sources"] = paths.sources_pattern
     for view, pattern in files.items():
-        con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM read_parquet('{sql_path(pattern)}')")
+        con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM read_parquet({snapshot.sql_literal(str(pattern))})")
     if not paths.archive_catalogue.exists():  # a lake measured before it had an archive
         for view, source in (("frames", "inventory"), ("sources", "night_sources")):
             if source in files:
@@ -67,31 +69,41 @@ def open_lake(path: str | Path, *, release: str | None = None) -> duckdb.DuckDBP
     return con
 
 
-def _snapshot_scan(con: duckdb.DuckDBPyConnection, name: str) -> str:
-    """The query a view of archive table ``name`` reads: its data files at the attached snapshot
-    read directly, when it has no deleted rows; the DuckLake table otherwise. A snapshot's files
-    never change, and DuckLake with a SQLite catalogue reloads every table's file statistics
-    (~40 ms for a survey-sized archive) for each table a query scans, which a light curve
-    cannot afford; DuckDB prunes the listed files by their healpix_partition directory."""
-    listed = con.execute(f"SELECT data_file, delete_file FROM ducklake_list_files('lake', '{name}')").fetchall()
-    if not listed:
-        return f"SELECT * FROM lake.{name} LIMIT 0"  # empty: planned away without reading the catalogue
-    if any(delete is not None for _, delete in listed):
-        return f"SELECT * FROM lake.{name}"
-    files = ", ".join(f"'{sql_path(path)}'" for path, _ in listed)
-    partitioned = "healpix_partition=" in listed[0][0]
-    options = ", hive_partitioning = true, hive_types = {'healpix_partition': INTEGER}" if partitioned else ", hive_partitioning = false"
-    return f"SELECT * FROM read_parquet([{files}]{options})"
+def _archive_views(paths: LakePaths, release: str | None) -> duckdb.DuckDBPyConnection:
+    """A connection with a view per archive table at the last snapshot or at ``release``, and the macros."""
+    try:
+        found = snapshot.read_snapshot(paths.archive_catalogue, paths.archive_data)
+        con = duckdb.connect()
+        if release is not None:
+            named = dict(con.execute(f"SELECT name, snapshot_id FROM ({found.tables['releases'].scan_sql()})").fetchall()) if "releases" in found.tables else {}
+            if release not in named:
+                con.close()
+                raise ArchiveError(f"no release {release!r} in {paths.archive_dir} (known: {sorted(named) or 'none'})")
+            found = snapshot.read_snapshot(paths.archive_catalogue, paths.archive_data, named[release])
+        for name in ARCHIVE_VIEWS:
+            if name in found.tables:
+                con.execute(f"CREATE TEMP VIEW {name} AS {found.tables[name].scan_sql()}")
+    except snapshot.UnsupportedCatalogue:
+        from mstlake.lake.archive import open_reader
+
+        con = open_reader(paths, release)
+        for name in ARCHIVE_VIEWS:
+            con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM lake.{name}")
+    _create_macros(con, _partition_order(con))
+    return con
 
 
 def _partition_order(con: duckdb.DuckDBPyConnection) -> int:
     """The archive's partition order, read off its data (``healpix_partition`` is ``_healpix_29``
     shifted right by 2 (29 - order)); readers need no configuration."""
-    row = con.execute("SELECT _healpix_29, healpix_partition FROM lake.objects LIMIT 1").fetchone()
+    try:
+        row = con.execute("SELECT _healpix_29, healpix_partition FROM objects LIMIT 1").fetchone()
+    except duckdb.CatalogException:  # nothing committed yet
+        row = None
     if row is None:
         return 0
     for order in range(healpix.SPATIAL_ORDER + 1):
-        if int(healpix.parent_pixel(row[0], order)) == row[1]:
+        if row[0] >> 2 * (healpix.SPATIAL_ORDER - order) == row[1]:
             return order
     raise ArchiveError(f"the archive's healpix_partition {row[1]} is no parent of _healpix_29 {row[0]}")
 
@@ -111,8 +123,8 @@ MACROS = (
         7200 * degrees(asin(least(1, sqrt(sin(radians(dec2 - dec1) / 2) ^ 2 + cos(radians(dec1)) * cos(radians(dec2)) * sin(radians(ra2 - ra1) / 2) ^ 2))))""",
     """CREATE TEMP MACRO cone(ra_deg, dec_deg, radius_arcsec) AS TABLE
         SELECT o.*, angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) AS separation_arcsec
-        FROM lake.objects o
-        WHERE o.healpix_partition IN (SELECT unnest(healpix_cone(ra_deg, dec_deg, radius_arcsec + 2)))
+        FROM objects o
+        WHERE list_contains(healpix_cone(ra_deg, dec_deg, radius_arcsec + 2), o.healpix_partition)
           AND o.dec BETWEEN dec_deg - (radius_arcsec + 2) / 3600 AND dec_deg + (radius_arcsec + 2) / 3600
           AND angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) <= radius_arcsec
         ORDER BY separation_arcsec""",
@@ -145,7 +157,7 @@ MACROS = (
                    CASE band WHEN 'g' THEN stetson_j_g WHEN 'r' THEN stetson_j_r ELSE stetson_j_i END AS stetson_j,
                    CASE band WHEN 'g' THEN stetson_k_g WHEN 'r' THEN stetson_k_r ELSE stetson_k_i END AS stetson_k,
                    CASE band WHEN 'g' THEN amplitude_g WHEN 'r' THEN amplitude_r ELSE amplitude_i END AS amplitude
-            FROM lake.objects
+            FROM objects
         )
         SELECT * FROM per_band
         WHERE epochs >= min_epochs AND chi2 >= min_chi2 AND stetson_j >= min_stetson_j

@@ -309,6 +309,21 @@ def test_objects_are_seeded_associated_across_pixel_edges_and_new_ones_made(tmp_
     assert library_stars.loc[1000, "chi2_g"] > 50 and library_stars.loc[1000, "amplitude_g"] > 0.3
     assert library_stars.loc[1000, "stetson_j_g"] > 5 * abs(constant.stetson_j_g).median()
     assert np.allclose(library_stars.first_mjd, 60001.0) and np.allclose(library_stars.last_mjd, 60002.02)
+    # a night touching few objects refreshes their whole partitions: objects gets no delete file
+    # (so readers of the snapshot's files need no anti-join), and the others keep their statistics
+    few = night_tables(3)
+    few["forced"] = few["forced"].filter(pa.compute.is_in(few["forced"]["object_id"], pa.array(library().column("source_id").to_numpy()[:5])))
+    few["sources"] = few["sources"].slice(0, 5)
+    archive.commit(few, message="a few objects", library=library())
+    from mstlake.lake import snapshot
+
+    found = snapshot.read_snapshot(archive.paths.archive_catalogue, archive.paths.archive_data).tables["objects"]
+    assert all(f.delete_path is None for f in found.files)
+    con = archive.reader()
+    after = con.execute("SELECT * FROM lake.objects ORDER BY object_id").fetch_df().set_index("object_id")
+    con.close()
+    assert len(after) == len(objects) and (after.n_g.drop(index=library().column("source_id").to_numpy()[:5]) == objects.n_g.drop(index=library().column("source_id").to_numpy()[:5])).all()
+    assert (after.n_g.loc[library().column("source_id").to_numpy()[:5]] == 9).all()  # 6 epochs + 3 frames
 
 
 def test_association_works_at_the_poles_and_across_ra_zero():
@@ -360,3 +375,58 @@ def test_open_lake_views_of_a_release_hold_only_its_nights(tmp_path):
         assert con.sql("SELECT count(*) FROM sources").fetchone()[0] == 1201 * nights
         assert "read_parquet" in con.sql("SELECT sql FROM duckdb_views() WHERE view_name = 'forced'").fetchone()[0]
         con.close()
+
+
+def test_the_snapshot_reader_sees_what_ducklake_sees_at_every_snapshot(tmp_path, monkeypatch):
+    """open_lake reads the catalogue itself (mstlake.lake.snapshot): after compactions (files
+    holding several snapshots' rows), deletes and releases, every table at every snapshot must hold
+    exactly DuckLake's rows; and a catalogue feature the reader does not know falls back to DuckLake."""
+    import duckdb
+
+    from mstlake.lake import snapshot
+    from mstlake.lake.archive import CATALOG, connect
+    from mstlake.query import open_lake
+
+    paths = LakePaths(tmp_path / "lake")
+    archive = Archive(paths, CFG)
+    for night in (1, 2):
+        commit_night(archive, night)
+    archive.release("DR1")
+    commit_night(archive, 3)
+    archive.compact()
+    con = connect(paths)  # deletes that leave most of a file: DuckLake writes delete files
+    con.execute(f"DELETE FROM {CATALOG}.forced WHERE frame_id % 3 = 1 AND object_id % 2 = 0")
+    con.execute(f"DELETE FROM {CATALOG}.objects WHERE object_id % 5 = 0")
+    con.close()
+    commit_night(archive, 4)
+    archive.compact()
+    latest = snapshot.read_snapshot(paths.archive_catalogue, paths.archive_data)
+    held_cut = held_deleted = 0
+    for snapshot_id in range(1, latest.snapshot_id + 1):
+        try:
+            found = snapshot.read_snapshot(paths.archive_catalogue, paths.archive_data, snapshot_id)
+        except snapshot.UnsupportedCatalogue:
+            continue  # a snapshot id DuckLake skipped
+        ducklake = connect(paths, snapshot_id=snapshot_id)
+        plain = duckdb.connect()
+        for name, table in found.tables.items():
+            held_cut += sum(f.visible_rows < f.record_count for f in table.files)
+            held_deleted += sum(f.delete_path is not None for f in table.files)
+            expected = ducklake.execute(f"SELECT * FROM {CATALOG}.{name} ORDER BY ALL").fetch_arrow_table()
+            got = plain.execute(f"SELECT * FROM ({table.scan_sql()}) ORDER BY ALL").fetch_arrow_table()
+            assert got.equals(expected), (snapshot_id, name)
+        ducklake.close(), plain.close()
+    assert held_cut and held_deleted  # both kinds of partial file were met
+    # open_lake at a release and now, against DuckLake
+    for release in ("DR1", None):
+        reader, lake = archive.reader(release), open_lake(paths.root, release=release)
+        for name in ("forced", "objects", "sources"):
+            assert lake.execute(f"SELECT * FROM {name} ORDER BY ALL").fetch_arrow_table().equals(reader.execute(f"SELECT * FROM {CATALOG}.{name} ORDER BY ALL").fetch_arrow_table())
+        assert "read_parquet" in lake.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'objects'").fetchone()[0]
+    # a catalogue this reader does not know (here: another format version) is read through DuckLake
+    monkeypatch.setattr(snapshot, "SUPPORTED_VERSIONS", ("0.1",))
+    with pytest.raises(snapshot.UnsupportedCatalogue, match="version"):
+        snapshot.read_snapshot(paths.archive_catalogue, paths.archive_data)
+    lake = open_lake(paths.root, release="DR1")
+    assert "lake.forced" in lake.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'forced'").fetchone()[0]
+    assert lake.execute("SELECT count(*) FROM forced").fetchone() == archive.reader("DR1").execute(f"SELECT count(*) FROM {CATALOG}.forced").fetchone()
