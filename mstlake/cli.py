@@ -157,8 +157,9 @@ def sql(query, lake_dir, release, output_format, out_file):
             _fail("the statement returned no rows (only queries that return a result are useful here)")
         _write_result(result.df(), output_format, out_file)
     except (FileNotFoundError, ArchiveError, duckdb.Error) as err:
-        hint = ("\nhint: cone() and lightcurve_at() take a constant centre and radius (literals, parameters or "
-                "getvariable()): SET VARIABLE ra = (SELECT ...); first, then cone(getvariable('ra'), ...)") if "subqueries in lambda" in str(err) else ""
+        hint = ("\nhint: lightcurve(), catalog_stack(), cone() and lightcurve_at() take constant arguments (literals, "
+                "parameters or getvariable()): SET VARIABLE ra = (SELECT ...); first, then cone(getvariable('ra'), ...)"
+                ) if "subqueries in lambda" in str(err) or "cannot contain subqueries" in str(err) else ""
         _fail(str(err) + hint)
 
 
@@ -237,9 +238,10 @@ def release(name, lake_dir, note):
 @main.command()
 @click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
 def compact(lake_dir):
-    """Merge the archive's small nightly data files into larger ones (run it now and then, e.g.
-    weekly: every query's planning time grows with the number of files). Snapshots and releases
-    read exactly as before; the replaced files stay on disk for them."""
+    """Rewrite each HEALPix partition of the archive that nightly commits have spread over several
+    files as one sorted file (run it now and then, e.g. weekly: every query's planning time grows
+    with the number of files, and a light curve reads one row group of a sorted file). Snapshots
+    and releases read exactly as before; the replaced files stay on disk for them."""
     from mstlake.config import load_pipeline
     from mstlake.lake.archive import Archive, ArchiveError
 

@@ -60,6 +60,7 @@ CATALOG = "lake"  # the name the archive is attached under in a DuckDB connectio
 BANDS = ("g", "r", "i")
 # objects' per-band statistics, as OBJECT_STATISTICS_SQL names them (objects.<stat>_<band>)
 BAND_STATISTICS = ("mean", "median", "std", "chi2", "stetson_j", "stetson_k", "iqr", "amplitude", "first_mjd", "last_mjd")
+COMPACT_ROW_GROUP_ROWS = 8192  # a compacted, sorted file: a light curve reads one row group of it
 NEW_OBJECT_BASE = 9_000_000_000_000_000_000  # new objects' ids count up from here: above any Gaia DR3 source_id
 
 @dataclass(frozen=True)
@@ -213,19 +214,49 @@ class Archive:
                 con.execute(f"CALL {CATALOG}.set_commit_message('mstlake', ?)", [message])
             return self._current_snapshot(con)
 
-    def compact(self) -> dict[str, tuple[int, int]]:
-        """Merge the small data files nightly commits leave (one per partition and night) into
-        larger ones, table by table: DuckLake plans every query over the catalogue's list of live
-        files, so a query's cost grows with their number. Readers are unaffected: older snapshots and
-        releases keep their rows (DuckLake points them at parts of the merged files) and the
-        replaced files stay on disk for them. Returns table -> (live files before, after)."""
+    def compact(self, *, rows_per_commit: int = 20_000_000) -> dict[str, tuple[int, int]]:
+        """Rewrite every partition that nightly commits have spread over several data files as one
+        file, sorted as the table's schema says, in row groups of ``COMPACT_ROW_GROUP_ROWS``:
+        every query plans over the list of live files (its cost grows with their number), and
+        inside a sorted file a light curve or a cone reads one row group, where a concatenation of
+        nights (what DuckLake's merge_adjacent_files makes) must be read whole. Partitions are
+        rewritten a batch at a time (delete and insert, one snapshot per batch of about
+        ``rows_per_commit`` rows): readers see each partition whole, before or after. Older
+        snapshots and releases keep their rows: the replaced files stay for them (until
+        snapshots are expired). Returns table -> (live files before, after)."""
         counts = {}
         with self._writer() as con:
+            con.execute(f"CALL {CATALOG}.set_option('parquet_row_group_size', {COMPACT_ROW_GROUP_ROWS})")
             for name in ARCHIVE_TABLES:
-                before = self._live_files(con, name)
-                con.execute(f"CALL ducklake_merge_adjacent_files('{CATALOG}', '{name}')")
-                counts[name] = (before, self._live_files(con, name))
+                listed = con.execute(f"SELECT data_file, data_file_size_bytes FROM ducklake_list_files('{CATALOG}', '{name}')").fetchall()
+                per_partition: dict[int | None, int] = {}
+                for path, _ in listed:
+                    key = int(path.split("healpix_partition=")[1].split("/")[0]) if name in PARTITIONED_TABLES else None
+                    per_partition[key] = per_partition.get(key, 0) + 1
+                spread = sorted(key for key, files in per_partition.items() if files > 1)
+                if spread and name in PARTITIONED_TABLES:
+                    rows = dict(con.execute(f"SELECT healpix_partition, count(*) FROM {CATALOG}.{name} GROUP BY 1").fetchall())
+                    batch, batch_rows = [], 0
+                    for key in spread:
+                        batch.append(key)
+                        batch_rows += rows.get(key, 0)
+                        if batch_rows >= rows_per_commit or key == spread[-1]:
+                            self._rewrite_sorted(con, name, batch)
+                            batch, batch_rows = [], 0
+                elif spread:
+                    self._rewrite_sorted(con, name, None)
+                counts[name] = (len(listed), self._live_files(con, name))
         return counts
+
+    def _rewrite_sorted(self, con: duckdb.DuckDBPyConnection, name: str, partitions: list[int] | None) -> None:
+        """Replace the rows of these partitions (all rows when None) by the same rows, sorted."""
+        where = "true" if partitions is None else f"healpix_partition IN ({', '.join(map(str, partitions))})"
+        with _transaction(con):
+            con.execute(f"CREATE OR REPLACE TEMP TABLE rewritten AS SELECT * FROM {CATALOG}.{name} WHERE {where}")
+            con.execute(f"DELETE FROM {CATALOG}.{name} WHERE {where}")
+            self._insert_sorted(con, name, "rewritten")
+            con.execute(f"CALL {CATALOG}.set_commit_message('mstlake', 'compaction of {name}')")
+        con.execute("DROP TABLE rewritten")
 
     @staticmethod
     def _live_files(con: duckdb.DuckDBPyConnection, name: str) -> int:
@@ -310,10 +341,25 @@ class Archive:
 
     def _insert_sorted(self, con: duckdb.DuckDBPyConnection, name: str, source: str) -> int:
         """Insert ``source``'s rows into table ``name`` sorted as its schema says (the order
-        inside the data files is what lets readers prune row groups by position)."""
+        inside the data files is what lets readers prune row groups by position): one INSERT per
+        partition, on one thread, because a partitioned write reorders rows (across threads, and
+        even on one thread a partition's first rows can land at the end of its file)."""
         order = ", ".join(self.schemas[name].sort_by)
         columns = ", ".join(self.schemas[name].names)
-        return int(con.execute(f"INSERT INTO {CATALOG}.{name} ({columns}) SELECT {columns} FROM {source} ORDER BY {order}").fetchone()[0])
+        partitioned = name in PARTITIONED_TABLES
+        con.execute(f"CREATE OR REPLACE TEMP TABLE sorted_rows AS SELECT {columns} FROM {source} ORDER BY {'healpix_partition, ' if partitioned else ''}{order}")
+        parts = [row[0] for row in con.execute("SELECT DISTINCT healpix_partition FROM sorted_rows ORDER BY 1").fetchall()] if partitioned else [None]
+        threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+        con.execute("SET threads = 1")
+        try:
+            for part in parts:
+                where = "" if part is None else f" WHERE healpix_partition = {int(part)}"
+                con.execute(f"INSERT INTO {CATALOG}.{name} ({columns}) SELECT {columns} FROM sorted_rows{where}")
+        finally:
+            con.execute(f"SET threads = {int(threads)}")
+        inserted = int(con.execute("SELECT count(*) FROM sorted_rows").fetchone()[0])
+        con.execute("DROP TABLE sorted_rows")
+        return inserted
 
     def _stage_objects(self, con: duckdb.DuckDBPyConnection, library: pa.Table | None, *, has_sources: bool) -> int:
         """Fill the temporary table ``staged_objects`` with the objects this night creates (library

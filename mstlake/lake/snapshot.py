@@ -64,31 +64,39 @@ class TableFiles:
     columns: tuple[tuple[str, str], ...]  # (name, DuckDB type) in table order
     files: tuple[DataFile, ...]
 
-    def scan_sql(self) -> str:
-        """A query returning exactly the table's rows at the snapshot."""
+    def scan_sql(self, files_variable: str | None = None) -> str:
+        """A query returning exactly the table's rows at the snapshot. With ``files_variable``, the
+        list of whole files is read from that DuckDB variable (set it to :attr:`whole_files`):
+        a list literal in a view's text is parsed again by every query that uses the view, ~4 µs
+        a file, a variable's value is not."""
         columns = ", ".join(_quote(name) for name, _ in self.columns)
         if not self.files:
             return "SELECT " + ", ".join(f"NULL::{kind} AS {_quote(name)}" for name, kind in self.columns) + " LIMIT 0"
         partitioned = "healpix_partition=" in self.files[0].path
         options = ", hive_partitioning = true, hive_types = {'healpix_partition': INTEGER}" if partitioned else ", hive_partitioning = false"
         parts = []
-        whole = [f for f in self.files if f.whole]
-        if whole:
-            parts.append(f"SELECT {columns} FROM read_parquet({_list(f.path for f in whole)}{options})")
+        if self.whole_files:
+            listed = f"getvariable({sql_literal(files_variable)})" if files_variable else sql_list(self.whole_files)
+            parts.append(f"SELECT {columns} FROM read_parquet({listed}{options})")
         cut = [f for f in self.files if not f.whole]
         if cut:
             # files holding rows the snapshot does not see: keep rows by position
             limits = ", ".join(f"({sql_literal(f.path)}, {f.visible_rows})" for f in cut)
-            query = (f"SELECT {columns} FROM read_parquet({_list(f.path for f in cut)}{options}, filename = true, file_row_number = true) p "
+            query = (f"SELECT {columns} FROM read_parquet({sql_list(f.path for f in cut)}{options}, filename = true, file_row_number = true) p "
                      f"JOIN (VALUES {limits}) v(filename, visible_rows) USING (filename) WHERE p.file_row_number < v.visible_rows")
             deleted = [f for f in cut if f.delete_path is not None]
             if deleted:
                 owners = ", ".join(f"({sql_literal(f.delete_path)}, {sql_literal(f.path)})" for f in deleted)
-                query += (f" AND NOT EXISTS (SELECT 1 FROM read_parquet({_list(f.delete_path for f in deleted)}, filename = true) d "
+                query += (f" AND NOT EXISTS (SELECT 1 FROM read_parquet({sql_list(f.delete_path for f in deleted)}, filename = true) d "
                           f"JOIN (VALUES {owners}) o(delete_file, data_file) ON d.filename = o.delete_file "
                           "WHERE o.data_file = p.filename AND d.pos = p.file_row_number)")
             parts.append(query)
         return " UNION ALL ".join(parts)
+
+    @property
+    def whole_files(self) -> list[str]:
+        """Paths of the files the snapshot holds every row of."""
+        return [f.path for f in self.files if f.whole]
 
 
 @dataclass(frozen=True)
@@ -209,5 +217,5 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _list(paths) -> str:
+def sql_list(paths) -> str:
     return "[" + ", ".join(sql_literal(p) for p in paths) + "]"

@@ -82,14 +82,19 @@ def _archive_views(paths: LakePaths, release: str | None) -> duckdb.DuckDBPyConn
             found = snapshot.read_snapshot(paths.archive_catalogue, paths.archive_data, named[release])
         for name in ARCHIVE_VIEWS:
             if name in found.tables:
-                con.execute(f"CREATE TEMP VIEW {name} AS {found.tables[name].scan_sql()}")
+                table, variable = found.tables[name], f"mstlake_{name}_files"
+                if table.whole_files:  # a literal, parsed once (a parameter would make DuckDB's client import pandas)
+                    con.execute(f"SET VARIABLE {variable} = {snapshot.sql_list(table.whole_files)}::VARCHAR[]")
+                con.execute(f"CREATE TEMP VIEW {name} AS {table.scan_sql(files_variable=variable)}")
     except snapshot.UnsupportedCatalogue:
         from mstlake.lake.archive import open_reader
 
         con = open_reader(paths, release)
         for name in ARCHIVE_VIEWS:
             con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM lake.{name}")
-    _create_macros(con, _partition_order(con))
+        found = None
+    order = _partition_order(con)
+    _create_macros(con, order, _file_lookups(con, found, order) if found is not None else {})
     return con
 
 
@@ -108,16 +113,114 @@ def _partition_order(con: duckdb.DuckDBPyConnection) -> int:
     raise ArchiveError(f"the archive's healpix_partition {row[1]} is no parent of _healpix_29 {row[0]}")
 
 
-def _create_macros(con: duckdb.DuckDBPyConnection, order: int) -> None:
+class ObjectFiles:
+    """The data files of a snapshot that may hold an object's (or a cone's) rows, for ``read_parquet``: a view of
+    a whole table lists every file of it, and DuckDB spends ~10 µs per listed file planning each
+    query (a survey archive has one or more files per partition and table), where the few files
+    of one object's partitions take well under a millisecond. Registered as the SQL function
+    ``mstlake_object_files(table, object_id)`` and ``mstlake_cone_files(table, ra, dec,
+    radius_arcsec)``; DuckDB evaluates them once, while planning, for constant arguments. An
+    object's partition comes from ``object_index`` (its detections may lie in the partitions
+    within 2" of it)."""
+
+    def __init__(self, found: snapshot.Snapshot, order: int):
+        self.files = {name: {} for name in found.tables}
+        for name, table in found.tables.items():
+            for path in table.whole_files:
+                if "healpix_partition=" in path:
+                    self.files[name].setdefault(int(path.split("healpix_partition=")[1].split("/")[0]), []).append(path)
+        self.first = {name: table.whole_files[0] for name, table in found.tables.items() if table.whole_files}
+        # a connection of its own: a function may not query the connection that calls it
+        self.lookup = duckdb.connect()
+        for statement in healpix.SQL_MACROS:
+            self.lookup.execute(statement)
+        self.lookup.execute(f"CREATE TEMP VIEW object_index AS {found.tables['object_index'].scan_sql()}")
+        self.order = order
+
+    def __call__(self, table: str, object_id: int) -> list[str]:
+        row = self.lookup.execute(f"SELECT healpix_partition, ra, dec FROM object_index WHERE object_id = {int(object_id)}").fetchone()
+        if row is None:  # no such object: any one file, which holds none of its rows
+            return [self.first[table]]
+        partitions = [row[0]] if table == "forced" else self.lookup.execute(f"SELECT healpix_near({self.order}, {row[1]!r}, {row[2]!r}, 2)").fetchone()[0]
+        return self._files(table, partitions)
+
+    def cone(self, table: str, ra: float, dec: float, radius_arcsec: float) -> list[str]:
+        """The files of the partitions a cone may touch (``healpix_disc``)."""
+        return self._files(table, self.lookup.execute(f"SELECT healpix_disc({self.order}, {float(ra)!r}, {float(dec)!r}, {float(radius_arcsec)!r})").fetchone()[0])
+
+    def _files(self, table: str, partitions) -> list[str]:
+        found = [path for partition in partitions for path in self.files[table].get(partition, [])]
+        return found or [self.first[table]]  # none: any one file (the query's filters keep none of its rows)
+
+
+def _file_lookups(con: duckdb.DuckDBPyConnection, found: snapshot.Snapshot, order: int) -> dict[str, str]:
+    """Register ``ObjectFiles`` and return the macros that use it (``lightcurve``, ``cone``,
+    ``lightcurve_at``), when the snapshot's tables are whole files (no rows hidden by compaction
+    or deletes); none otherwise (the macros over the views serve then)."""
+    tables = found.tables
+    if not all(name in tables and all(f.whole for f in tables[name].files) for name in ("forced", "sources", "objects", "object_index")):
+        return {}
+    from duckdb.sqltypes import BIGINT, DOUBLE, VARCHAR
+
+    files = ObjectFiles(found, order)
+    con.create_function("mstlake_object_files", files, [VARCHAR, BIGINT], duckdb.list_type(VARCHAR), side_effects=False)
+    con.create_function("mstlake_cone_files", files.cone, [VARCHAR, DOUBLE, DOUBLE, DOUBLE], duckdb.list_type(VARCHAR), side_effects=False)
+    options = "hive_partitioning = true, hive_types = {'healpix_partition': INTEGER}"
+
+    def source(name: str, lookup: str) -> str:  # a table without files stays its (empty) view
+        return f"read_parquet({lookup}, {options})" if tables[name].files else name
+
+    return {
+        "lightcurve": OBJECT_LIGHTCURVE.format(forced=source("forced", "mstlake_object_files('forced', id)"), sources=source("sources", "mstlake_object_files('sources', id)")),
+        "cone": FILE_CONE.format(objects=source("objects", "mstlake_cone_files('objects', ra_deg, dec_deg, radius_arcsec + 2)")),
+        "lightcurve_at": FILE_LIGHTCURVE_AT.format(forced=source("forced", "mstlake_cone_files('forced', ra_deg, dec_deg, radius_arcsec + 2)")),
+    }
+
+
+def _create_macros(con: duckdb.DuckDBPyConnection, order: int, replaced: dict[str, str]) -> None:
+    """The macros, those named in ``replaced`` with the statement given there."""
     for statement in healpix.SQL_MACROS:
         con.execute(statement)
     con.execute(f"CREATE TEMP MACRO healpix_cone(ra_deg, dec_deg, radius_arcsec) AS healpix_disc({int(order)}, ra_deg, dec_deg, radius_arcsec)")
+    con.execute(f"CREATE TEMP MACRO _partitions_near(ra_deg, dec_deg, radius_arcsec) AS healpix_near({int(order)}, ra_deg, dec_deg, radius_arcsec)")
     for statement in MACROS:
-        con.execute(statement)
+        name = statement.split("MACRO ", 1)[1].split("(", 1)[0]
+        con.execute(replaced.get(name, statement))
 
 
-# An object's light-curve points all carry its partition (from its position when it was created);
-# its detections carry their own, within the association radius of it: a 2" cone covers them.
+# An object's light-curve points all carry its partition and _healpix_29 (from its position when it
+# was created: the join on both lets DuckDB skip the other row groups of a sorted file);
+# its detections carry their own, within the association radius (1") of it: the partitions within
+# 2" of it hold them.
+# lightcurve(id) when each table's files of a partition can be looked up (see ObjectFiles): the same
+# result as the lightcurve macro below, planned over a handful of files
+OBJECT_LIGHTCURVE = """CREATE TEMP MACRO lightcurve(id) AS TABLE
+        WITH forced_points AS (
+            SELECT f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag, 'forced' AS kind
+            FROM {forced} f WHERE f.object_id = id
+        ),
+        detections AS (
+            SELECT s.object_id, s.frame_id, s.mjd, s.band, s.flux_psf, s.flux_psf_err, s.mag_psf, s.mag_psf_err, NULL::FLOAT, s.flag_psf, 'detection'
+            FROM {sources} s
+            WHERE s.object_id = id AND NOT EXISTS (SELECT 1 FROM forced_points)
+        ),
+        points AS (SELECT * FROM forced_points UNION ALL SELECT * FROM detections)
+        SELECT p.*, fr.cloudy, coalesce(fr.status = 'calibrated' AND NOT fr.cloudy, true) AND p.flag = 0 AND p.mag IS NOT NULL AS good
+        FROM points p LEFT JOIN frames fr USING (frame_id)
+        ORDER BY p.band, p.mjd"""
+
+FILE_CONE = """CREATE TEMP MACRO cone(ra_deg, dec_deg, radius_arcsec) AS TABLE
+        SELECT o.*, angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) AS separation_arcsec
+        FROM {objects} o
+        WHERE o.dec BETWEEN dec_deg - (radius_arcsec + 2) / 3600 AND dec_deg + (radius_arcsec + 2) / 3600
+          AND angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) <= radius_arcsec
+        ORDER BY separation_arcsec"""
+
+FILE_LIGHTCURVE_AT = """CREATE TEMP MACRO lightcurve_at(ra_deg, dec_deg, radius_arcsec) AS TABLE
+        SELECT c.separation_arcsec, f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag
+        FROM cone(ra_deg, dec_deg, radius_arcsec) c JOIN {forced} f ON f.healpix_partition = c.healpix_partition AND f.object_id = c.object_id
+        ORDER BY c.separation_arcsec, f.object_id, f.band, f.mjd"""
+
 MACROS = (
     """CREATE TEMP MACRO angular_separation_arcsec(ra1, dec1, ra2, dec2) AS
         7200 * degrees(asin(least(1, sqrt(sin(radians(dec2 - dec1) / 2) ^ 2 + cos(radians(dec1)) * cos(radians(dec2)) * sin(radians(ra2 - ra1) / 2) ^ 2))))""",
@@ -129,16 +232,16 @@ MACROS = (
           AND angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) <= radius_arcsec
         ORDER BY separation_arcsec""",
     """CREATE TEMP MACRO lightcurve(id) AS TABLE
-        WITH target AS (SELECT object_id, healpix_partition, ra, dec FROM object_index WHERE object_id = id),
+        WITH target AS (SELECT object_id, _healpix_29, healpix_partition, ra, dec FROM object_index WHERE object_id = id),
         forced_points AS (
             SELECT f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag, 'forced' AS kind
-            FROM forced f SEMI JOIN target t ON f.healpix_partition = t.healpix_partition AND f.object_id = t.object_id
+            FROM forced f SEMI JOIN target t ON f.healpix_partition = t.healpix_partition AND f._healpix_29 = t._healpix_29 AND f.object_id = t.object_id
         ),
         detections AS (
             SELECT s.object_id, s.frame_id, s.mjd, s.band, s.flux_psf, s.flux_psf_err, s.mag_psf, s.mag_psf_err, NULL::FLOAT, s.flag_psf, 'detection'
             FROM sources s
             WHERE s.object_id = id AND NOT EXISTS (SELECT 1 FROM forced_points)
-              AND s.healpix_partition IN (SELECT unnest(healpix_cone(t.ra, t.dec, 2)) FROM target t)
+              AND s.healpix_partition IN (SELECT unnest(_partitions_near(t.ra, t.dec, 2)) FROM target t)
         ),
         points AS (SELECT * FROM forced_points UNION ALL SELECT * FROM detections)
         SELECT p.*, fr.cloudy, coalesce(fr.status = 'calibrated' AND NOT fr.cloudy, true) AND p.flag = 0 AND p.mag IS NOT NULL AS good

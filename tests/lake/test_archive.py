@@ -168,6 +168,30 @@ def test_data_files_are_healpix_partitioned_sorted_and_never_rewritten(tmp_path)
     assert 0 < read < len(after) / 4
 
 
+def test_a_large_night_lands_sorted_in_one_file_per_partition(tmp_path):
+    """400 000 points in random order over ~60 partitions: each partition gets one file, sorted
+    (a multi-threaded partitioned write interleaves chunks out of order)."""
+    rng = np.random.default_rng(3)
+    n_stars, frames = 20_000, 20
+    ra, dec = 150 + rng.uniform(-1.5, 1.5, n_stars), 2 + rng.uniform(-1.5, 1.5, n_stars)
+    index = healpix.spatial_index(ra, dec)
+    order = rng.permutation(n_stars * frames)
+    n = order.size
+    forced = schema_rows(
+        "forced", n, _healpix_29=np.tile(index, frames)[order], healpix_partition=healpix.parent_pixel(np.tile(index, frames), CFG.partition_order).astype(np.int32)[order],
+        object_id=np.tile(np.arange(n_stars), frames)[order], frame_id=np.repeat(np.arange(frames), n_stars)[order], mjd=np.repeat(60000.0 + np.arange(frames), n_stars)[order],
+        band=np.full(n, "g"), flux=np.ones(n, np.float32), flux_err=np.ones(n, np.float32), mag=np.ones(n, np.float32), mag_err=np.ones(n, np.float32), mag_magfit=np.ones(n, np.float32),
+    )
+    paths = LakePaths(tmp_path / "lake")
+    Archive(paths, CFG).commit({"forced": forced}, message="large", library=pa.table({"source_id": np.arange(n_stars), "ra": ra, "dec": dec}), refresh_objects=False)
+    files = sorted((paths.archive_data / "main" / "forced").rglob("*.parquet"))
+    pixels = [path.parent.name for path in files]
+    assert len(set(pixels)) == len(pixels) > 30
+    for path in files:
+        key = pq.read_table(path, columns=["_healpix_29", "object_id", "mjd"]).to_pandas()
+        assert key.equals(key.sort_values(["_healpix_29", "object_id", "mjd"]).reset_index(drop=True)), path
+
+
 def test_a_release_stays_as_it_was_after_later_nights(tmp_path):
     archive = Archive(LakePaths(tmp_path / "lake"), CFG)
     commit_night(archive, 1)
@@ -293,6 +317,10 @@ def test_objects_are_seeded_associated_across_pixel_edges_and_new_ones_made(tmp_
     assert len(objects) == N_LIBRARY + 1 and objects.index.is_unique
     transient = objects.loc[NEW_OBJECT_BASE]
     assert pd.isna(transient.library_id)
+    from mstlake.query import open_lake
+
+    curve = open_lake(archive.paths.root).execute(f"SELECT * FROM lightcurve({NEW_OBJECT_BASE})").fetch_df()
+    assert len(curve) == 2 and (curve.kind == "detection").all()  # no forced photometry yet: its detections
     assert transient.n_detections == 2 and abs(transient.ra - TRANSIENT[0]) < 1e-9 and abs(transient.dec - TRANSIENT[1]) < 1e-9
     # the edge stars' detections sit in the neighbouring partition, 0.6" away, and still join them
     star_ra, star_dec, det_ra, det_dec = edge_pairs()
@@ -356,6 +384,13 @@ def test_compaction_merges_nightly_files_and_leaves_every_snapshot_as_it_was(tmp
     con, released = archive.reader(), archive.reader("DR1")
     assert con.execute(checksum).fetchone() == before and released.execute(checksum).fetchone() == release_before
     assert con.execute("SELECT count(*) FROM lake.objects").fetchone()[0] == N_LIBRARY + 1
+    # one file per partition, sorted inside as the schema says
+    files = [row[0] for row in con.execute("SELECT data_file FROM ducklake_list_files('lake', 'forced')").fetchall()]
+    partitions = [f.split("healpix_partition=")[1].split("/")[0] for f in files]
+    assert len(set(partitions)) == len(partitions)
+    for path in files:
+        key = pq.read_table(path, columns=["_healpix_29", "object_id", "mjd"]).to_pandas()
+        assert key.equals(key.sort_values(["_healpix_29", "object_id", "mjd"]).reset_index(drop=True))
     con.close(), released.close()
     assert commit_night(archive, 4).rows_added["forced"] == 1200  # nights go on after a compaction
 
@@ -393,8 +428,10 @@ def test_the_snapshot_reader_sees_what_ducklake_sees_at_every_snapshot(tmp_path,
         commit_night(archive, night)
     archive.release("DR1")
     commit_night(archive, 3)
-    archive.compact()
-    con = connect(paths)  # deletes that leave most of a file: DuckLake writes delete files
+    con = connect(paths)  # DuckLake's own merge: files holding rows of several snapshots
+    for name in ("forced", "sources", "objects"):
+        con.execute(f"CALL ducklake_merge_adjacent_files('{CATALOG}', '{name}')")
+    # deletes that leave most of a file: DuckLake writes delete files
     con.execute(f"DELETE FROM {CATALOG}.forced WHERE frame_id % 3 = 1 AND object_id % 2 = 0")
     con.execute(f"DELETE FROM {CATALOG}.objects WHERE object_id % 5 = 0")
     con.close()
