@@ -630,7 +630,7 @@ def main() -> None:
 
     out_dir = args.out_dir.resolve()
     paths = LakePaths(out_dir / "lake")
-    cfg = ArchiveConfig(partition_order=PARTITION_ORDER, lock_timeout_s=600)
+    cfg = ArchiveConfig(partition_order=PARTITION_ORDER, lock_timeout_s=600, compact_after_files=0)  # appends alone: --compact times compaction
     archive = Archive(paths, cfg)
     report: dict = {"objects": args.objects, "epochs": args.epochs, "field": {"ra": FIELD_RA, "dec": FIELD_DEC, "side_deg": FIELD_SIDE_DEG},
                     "partition_order": PARTITION_ORDER, "ids": args.ids, "machine": {"cpus": os.cpu_count(), "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},

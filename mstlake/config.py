@@ -222,12 +222,15 @@ class ArchiveConfig:
     partition_order: int  # NESTED HEALPix order of the archive's data partitions
     lock_timeout_s: float  # how long a writer waits for another writer before giving up
     association_radius_arcsec: float = 1.0  # a detection joins the nearest object within this
+    compact_after_files: int = 8  # a commit leaving a partition in more files than this compacts the archive (0: never)
 
     def __post_init__(self) -> None:
         if not 0 <= self.partition_order <= 13:
             raise ConfigError(f"archive.partition_order must be 0-13 (coarse pixels: every commit writes a file per pixel it touches), not {self.partition_order}")
         if not 0 < self.association_radius_arcsec <= 60:
             raise ConfigError(f"archive.association_radius_arcsec must be in (0, 60], not {self.association_radius_arcsec}")
+        if self.compact_after_files < 0:
+            raise ConfigError(f"archive.compact_after_files must be >= 0 (0: never compact on commit), not {self.compact_after_files}")
 
 
 @dataclass(frozen=True)

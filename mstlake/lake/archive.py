@@ -202,7 +202,22 @@ class Archive:
                         self._insert_sorted(con, "objects", "staged_objects")
                     con.execute(f"CALL {CATALOG}.set_commit_message('mstlake', ?)", [message])
             snapshot = self._current_snapshot(con) if any(added.values()) else None
+        if snapshot is not None and self.cfg.compact_after_files and self._most_files_per_partition() > self.cfg.compact_after_files:
+            self.compact()
         return CommitResult(snapshot, added, int(skipped), new_objects if any(added.values()) else 0)
+
+    def _most_files_per_partition(self) -> int:
+        """The most data files any partition of any table is held in at the last snapshot."""
+        from mstlake.lake.snapshot import read_snapshot
+
+        most = 0
+        for table in read_snapshot(self.paths.archive_catalogue, self.paths.archive_data).tables.values():
+            per_partition: dict[str, int] = {}
+            for data_file in table.files:
+                key = data_file.path.rsplit("/", 2)[-2]
+                per_partition[key] = per_partition.get(key, 0) + 1
+            most = max(most, *per_partition.values(), 0)
+        return most
 
     def refresh_objects(self, *, message: str = "objects refreshed") -> int:
         """Recompute every object's position and statistics from all its measurements, in one

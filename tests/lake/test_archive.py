@@ -395,6 +395,27 @@ def test_compaction_merges_nightly_files_and_leaves_every_snapshot_as_it_was(tmp
     assert commit_night(archive, 4).rows_added["forced"] == 1200  # nights go on after a compaction
 
 
+def test_a_commit_that_leaves_a_partition_in_too_many_files_compacts(tmp_path):
+    from dataclasses import replace
+
+    from mstlake.lake import snapshot
+
+    paths = LakePaths(tmp_path / "lake")
+    archive = Archive(paths, replace(CFG, compact_after_files=2))
+
+    def most_files() -> int:
+        files = snapshot.read_snapshot(paths.archive_catalogue, paths.archive_data).tables["forced"].files
+        partitions = [f.path.rsplit("/", 2)[-2] for f in files]
+        return max(partitions.count(p) for p in partitions)
+
+    for night in (1, 2):
+        commit_night(archive, night)
+    assert most_files() == 2
+    commit_night(archive, 3)  # a third file per partition: over the limit, compacted
+    assert most_files() == 1
+    assert count(archive) == (3 * 1200, 9)
+
+
 def test_open_lake_views_of_a_release_hold_only_its_nights(tmp_path):
     from mstlake.query import open_lake
 
