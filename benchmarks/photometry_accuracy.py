@@ -24,6 +24,9 @@ aperture correction, zero-point surface). Scored:
   and the excess that must be added in quadrature to the theory; the same again with each frame's
   zero-point error (known from truth) removed, to tell calibration from measurement;
 * aperture correction: its residual rms per frame;
+* with ``--psf-holdout`` (a diagnostic): stars with an even star_id are kept out of the ePSF, and
+  the light curves of those and of the others are scored apart (a model fitted to the stars it
+  measures could absorb their noise; on the half-size run it does not);
 * magfit (``mstlake.phot.magfit``): the same light-curve bins on magfit magnitudes, fitted per band
   (a) over all nights at once, as a reprocess would, and (b) night by night, as nightly ingest does
   (the first night builds the master, later nights are fitted to the master accumulated so far,
@@ -91,7 +94,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, help="at most this many frames per cube")
     parser.add_argument("--out", default="photometry_accuracy.json", help="file name under benchmarks/results/")
     parser.add_argument("--rescore", action="store_true", help="score the measurements the last run saved beside the lake")
+    parser.add_argument("--psf-holdout", action="store_true",
+                        help="diagnostic: stars with an even star_id never enter the ePSF model; light curves scored for them and for the others apart "
+                             "(a model fitted to the stars it measures can absorb their noise and hide its own error)")
     args = parser.parse_args()
+    holdout = _hold_out_of_psf() if args.psf_holdout else None
     saved = args.lake.parent / "photometry_measurements.pkl"
     if args.rescore:
         table, astrometric, apcorr_rms, extra = pd.read_pickle(saved)
@@ -127,6 +134,8 @@ def main() -> None:
             started = time.perf_counter()
             try:
                 found = frame_kernel.solve_image(image, variance, mask, pointing=(float(row.ra_pointing), float(row.dec_pointing)), ref_ra=library.ra, ref_dec=library.dec, ref_mag=library[f"mag_{band}"], pixel_scale_deg=det.pixel_scale_arcsec / 3600, cfg=pipeline.astrometry)
+                if holdout is not None:
+                    holdout.update(truth=pq.read_table(sim.frame_stars(stem), columns=["star_id", "x", "y"]).to_pandas(), calls=0)
                 phot = photometer_frame(image, variance, mask, found.extraction, found.solution.wcs, library, band=band, gain=det.gain_e_per_adu, cfg=pipeline.photometry)
             except solve.SolveError as err:
                 failures.append(f"{stem}: {err}")
@@ -172,9 +181,37 @@ def main() -> None:
     table, magfit_runs = add_magfit(table, shape=image.shape, cfg=pipeline.magfit)
     results = summarise(table, np.vstack(astrometric), apcorr_rms, magfit_runs)
     results.update(extra)
+    if holdout is not None:
+        good = _scored_points(table)
+        results["psf_holdout"] = {"never_in_the_psf": _light_curve_bins(good[good.star_id % 2 == 0]), "eligible_for_the_psf": _light_curve_bins(good[good.star_id % 2 == 1])}
+        for name, bins in results["psf_holdout"].items():
+            print(f"{name}: " + "; ".join(f"{b['mag']} n={b['stars']} ratio {b['ratio']} excess {b['excess_in_quadrature_mmag']}" for b in bins if float(b['mag'].split('-')[0]) < 17))
     (Path(__file__).parent / "results" / args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     print_magfit_table(results)
+
+
+def _hold_out_of_psf() -> dict:
+    """Make photometer_frame leave stars with an even star_id out of its ePSF (its first use of
+    point_like each frame picks the PSF stars; the later ones, the aperture-correction sample, are
+    left alone). Returns the state the caller fills with each frame's truth before measuring it."""
+    from scipy.spatial import cKDTree
+
+    import mstlake.phot.frame as frame_module
+
+    original, state = frame_module.point_like, {}
+
+    def point_like(sources, **kwargs):
+        keep = original(sources, **kwargs)
+        state["calls"] += 1
+        if state["calls"] > 1 or not len(sources):
+            return keep
+        truth = state["truth"]
+        distance, nearest = cKDTree(truth[["x", "y"]].to_numpy()).query(np.c_[sources.x.to_numpy(), sources.y.to_numpy()])
+        return keep & ~((distance < 1.5) & (truth.star_id.to_numpy()[nearest] % 2 == 0))
+
+    frame_module.point_like = point_like
+    return state
 
 
 def _frame_columns(table: pd.DataFrame, lake_frames: pd.DataFrame, library: pd.DataFrame) -> pd.DataFrame:
@@ -279,12 +316,18 @@ def _light_curve_bins(table: pd.DataFrame, before: pd.DataFrame | None = None) -
     return bins
 
 
+def _scored_points(table: pd.DataFrame) -> pd.DataFrame:
+    """The light-curve points scored: constant stars, unflagged, on clear calibrated frames, with
+    their theoretical noise (magnitudes)."""
+    table = table[table.zero_point_ok & ~table.flagged_cloudy & table.constant & (table.flag == 0) & np.isfinite(table.mag)]
+    return table.assign(sigma_theory=1.0857 * np.hypot(table.theory_e / table.flux_e, table.scintillation))
+
+
 def summarise(table: pd.DataFrame, astrometric: np.ndarray, apcorr_rms: list[float], magfit_runs: dict | None = None) -> dict:
     frames = table.groupby("frame")[["flagged_cloudy", "truly_cloudy"]].first()
     cloud_flags = {"frames": len(frames), "flagged_cloudy": int(frames.flagged_cloudy.sum()), "truly_cloudy": int(frames.truly_cloudy.sum()),
                    "flagged_and_truly": int((frames.flagged_cloudy & frames.truly_cloudy).sum())}
-    table = table[table.zero_point_ok & ~table.flagged_cloudy & table.constant & (table.flag == 0) & np.isfinite(table.mag)]
-    table = table.assign(sigma_theory=1.0857 * np.hypot(table.theory_e / table.flux_e, table.scintillation))
+    table = _scored_points(table)
     bins = _light_curve_bins(table)
     curves_before = _light_curves(table)
     # diagnosis: the same with each frame's zero-point error (known from truth) taken out
