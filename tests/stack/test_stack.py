@@ -1,0 +1,116 @@
+"""Stacking kernels: the field grid, resampling (flux, masks) and the combination (noise, clipping)."""
+
+import numpy as np
+import pytest
+from astropy.wcs import WCS
+
+from mstlake.stack.combine import combine
+from mstlake.stack.grid import field_grid
+from mstlake.stack.resample import resample_frame
+
+SCALE = 0.862 / 3600
+
+
+def frame_wcs(ra=116.0, dec=28.0, rotation_deg=30.0, shape=(200, 300), sip=True) -> WCS:
+    """A rotated TAN frame with a SIP distortion (the kind astrometry fits)."""
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"] if sip else ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra, dec]
+    wcs.wcs.crpix = [shape[1] / 2, shape[0] / 2]
+    c, s = np.cos(np.radians(rotation_deg)), np.sin(np.radians(rotation_deg))
+    wcs.wcs.cd = SCALE * np.array([[-c, s], [s, c]])
+    if sip:
+        from astropy.wcs import Sip
+
+        a, b = np.zeros((4, 4)), np.zeros((4, 4))
+        a[2, 0], a[0, 2], b[1, 1], a[3, 0] = 2e-5, -1e-5, 1.5e-5, 1e-8
+        wcs.sip = Sip(a, b, None, None, wcs.wcs.crpix)
+    wcs.pixel_shape = (shape[1], shape[0])
+    return wcs
+
+
+def gaussian_star(shape, x0, y0, flux, fwhm=2.6):
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    sigma = fwhm / 2.3548
+    return flux * np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+
+
+def test_the_grid_tiles_cover_the_field_and_share_its_wcs():
+    grid = field_grid(116.0, 28.0, 0.2, 0.1, pixel_scale_arcsec=0.862, tile_px=256)
+    assert grid.shape == (int(np.ceil(0.1 / SCALE)), int(np.ceil(0.2 / SCALE)))
+    covered = np.zeros(grid.shape, int)
+    for tile in grid.tiles():
+        covered[tile.y, tile.x] += 1
+        sky = grid.wcs.pixel_to_world(tile.x.start + 5, tile.y.start + 7)
+        assert np.allclose(tile.wcs.world_to_pixel(sky), (5, 7), atol=1e-6)
+    assert (covered == 1).all()
+    assert np.allclose(grid.wcs.pixel_to_world_values((grid.shape[1] - 1) / 2, (grid.shape[0] - 1) / 2), (116.0, 28.0))
+
+
+def test_resampling_conserves_a_star_flux_to_a_thousandth():
+    shape = (200, 300)
+    wcs_in = frame_wcs(shape=shape)
+    flux = 1e5
+    image = gaussian_star(shape, 151.3, 97.6, flux) + 0.0
+    ra, dec = wcs_in.pixel_to_world_values(151.3, 97.6)
+    grid = field_grid(float(ra), float(dec), 60 * SCALE, 60 * SCALE, pixel_scale_arcsec=0.862, tile_px=64)
+    tile = grid.tiles()[0]
+    out = resample_frame(image, np.ones(shape), np.zeros(shape, np.uint8), wcs_in, tile.wcs, tile.shape)
+    x, y = tile.wcs.world_to_pixel_values(ra, dec)
+    yy, xx = np.mgrid[: tile.shape[0], : tile.shape[1]]
+    inside = (xx - x) ** 2 + (yy - y) ** 2 < 12**2
+    assert not out.bad[inside].any()
+    assert abs(np.nansum(out.image[inside]) / flux - 1) < 1e-3
+
+
+def test_a_masked_pixel_never_reaches_a_good_output_pixel():
+    shape = (120, 160)
+    wcs_in = frame_wcs(shape=shape, rotation_deg=12.0)
+    rng = np.random.default_rng(1)
+    image = rng.normal(100, 3, shape)
+    mask = np.zeros(shape, np.uint8)
+    image[60, 80], mask[60, 80] = 1e9, 4  # a hot pixel, flagged
+    ra, dec = wcs_in.pixel_to_world_values(80, 60)
+    grid = field_grid(float(ra), float(dec), 50 * SCALE, 50 * SCALE, pixel_scale_arcsec=0.862, tile_px=64)
+    tile = grid.tiles()[0]
+    out = resample_frame(image, np.full(shape, 9.0), mask, wcs_in, tile.wcs, tile.shape)
+    good = ~out.bad
+    assert out.bad.sum() >= 1 and good.sum() > 0.9 * good.size
+    assert np.nanmax(out.image[good]) < 200  # nothing of the 1e9 leaked
+    assert np.allclose(np.nanmedian(out.image[good]), 100, atol=1)
+
+
+def test_combining_n_frames_lowers_the_noise_by_sqrt_n_and_keeps_masked_values_out():
+    rng = np.random.default_rng(2)
+    n, shape, sigma = 16, (128, 128), 10.0
+    images = rng.normal(50.0, sigma, (n, *shape))
+    variances = np.full((n, *shape), sigma**2)
+    bad = np.zeros((n, *shape), bool)
+    images[3, 10, 10], bad[3, 10, 10] = 1e9, True  # masked: must not enter
+    stack = combine(images, variances, bad)
+    assert stack.count[10, 10] == n - 1 and abs(stack.image[10, 10] - np.mean(np.delete(images[:, 10, 10], 3))) < 1e-3
+    assert abs(np.std(stack.image) / (sigma / np.sqrt(n)) - 1) < 0.05
+    assert abs(np.mean(stack.variance) - sigma**2 / n) < 1e-6 * sigma**2
+    assert abs(np.mean(stack.image) - 50.0) < 3 * sigma / np.sqrt(n * shape[0] * shape[1])
+
+
+def test_clipping_drops_a_cosmic_ray_but_keeps_a_transient_seen_on_several_frames():
+    rng = np.random.default_rng(3)
+    n, shape = 8, (32, 32)
+    images = rng.normal(0.0, 1.0, (n, *shape))
+    images[5, 4, 4] += 500  # a cosmic ray the masks missed: one frame
+    images[2:5, 20, 20] += 30  # a transient on three frames of the night
+    stack = combine(images, np.ones((n, *shape)), np.zeros((n, *shape), bool))
+    assert stack.count[4, 4] == n - 1 and abs(stack.image[4, 4]) < 2
+    assert stack.image[20, 20] > 5  # diluted by the frames without it, not clipped away
+    # a bright star's core changes with the seeing by far more than its photon noise: kept
+    core = 1e5 * (1 + 0.2 * rng.uniform(-1, 1, n))
+    bright = combine(core[:, None, None], core[:, None, None], np.zeros((n, 1, 1), bool))
+    assert bright.count[0, 0] == n and np.isclose(bright.image[0, 0], np.sum(core / core) / np.sum(1 / core))
+    # with two good values there is nothing to tell which is wrong: both stay
+    two = combine(np.array([0.0, 500.0])[:, None, None], np.ones((2, 1, 1)), np.zeros((2, 1, 1), bool))
+    assert two.count[0, 0] == 2
+    median = combine(images, np.ones((n, *shape)), np.zeros((n, *shape), bool), method="median")
+    assert abs(median.image[4, 4]) < 2 and np.isclose(np.nanmean(median.variance), np.pi / 2 / n)
+    with pytest.raises(ValueError, match="mean"):
+        combine(images, np.ones((n, *shape)), np.zeros((n, *shape), bool), method="sum")
