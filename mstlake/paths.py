@@ -161,6 +161,14 @@ class LakePaths:
         """Calibrated frames of one field, band and night (Zarr v3)."""
         return self.root / "cubes" / field / band / f"{night}.zarr"
 
+    def stack(self, field: str, band: str, name: str) -> Path:
+        """An image stack of a field and band (Zarr v3); ``name`` says which frames (e.g. a night)."""
+        return self.root / "stacks" / field / band / f"{name}.zarr"
+
+    def stack_fits(self, field: str, band: str, name: str) -> Path:
+        """The same stack as FITS (image, variance, count and mask HDUs with the grid's WCS)."""
+        return self.root / "stacks" / field / band / f"{name}.fits"
+
     def field_cubes(self, field: str | None = None) -> list[tuple[str, str, int, Path]]:
         """The calibrated cubes in the lake (of one field, or all): (field, band, night, path)."""
         found = sorted((self.root / "cubes").glob(f"{field or '*'}/*/*.zarr"))

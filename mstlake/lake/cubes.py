@@ -37,7 +37,7 @@ def quantise(image: np.ndarray, noise: float, fraction: float = QUANTISATION_FRA
     return out, float(step)
 
 
-def _encoding(schema: CubeSchema, shape: tuple[int, ...]) -> dict:
+def store_encoding(schema: CubeSchema, shape: tuple[int, ...]) -> dict:
     c = schema.chunk_px
     spatial = tuple(-(-n // c) * c for n in shape[-2:])
     chunks = (1,) * (len(shape) - 2) + (c, c)
@@ -46,7 +46,7 @@ def _encoding(schema: CubeSchema, shape: tuple[int, ...]) -> dict:
     return {v.name: {"chunks": chunks, "shards": shards, "compressors": codec} for v in schema.variables}
 
 
-def _attrs(schema: CubeSchema, provenance: dict) -> dict:
+def store_attrs(schema: CubeSchema, provenance: dict) -> dict:
     return {"schema": schema.name, "description": schema.description, "provenance": json.dumps(provenance, default=str)}
 
 
@@ -71,12 +71,12 @@ def create_cube(staging: Path, *, shape: tuple[int, int], coords: dict[str, np.n
     n = len(coords["frame_id"])
     variables = {v.name: (schema.dims, da.zeros((n, *shape), dtype=v.dtype, chunks=(1, *shape))) for v in schema.variables}
     coord_vars = {c.name: ("frame", np.asarray(coords[c.name], dtype=c.dtype)) for c in schema.coords}
-    ds = xr.Dataset(variables, coords=coord_vars, attrs=_attrs(schema, provenance))
+    ds = xr.Dataset(variables, coords=coord_vars, attrs=store_attrs(schema, provenance))
     for v in schema.variables:
         ds[v.name].attrs.update(units=v.unit, description=v.description)
     if staging.exists():
         shutil.rmtree(staging)
-    ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(schema, (n, *shape)), compute=False)
+    ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, encoding=store_encoding(schema, (n, *shape)), compute=False)
     return staging
 
 
@@ -124,13 +124,13 @@ def frame_wcs(ds: xr.Dataset, frame_id: int):
 def write_masters(final: Path, arrays: dict[str, np.ndarray], provenance: dict) -> None:
     schema = load_cube_schema("cube_masters")
     shape = next(iter(arrays.values())).shape
-    ds = xr.Dataset({v.name: (schema.dims, np.asarray(arrays[v.name], dtype=v.dtype)) for v in schema.variables}, attrs=_attrs(schema, provenance))
+    ds = xr.Dataset({v.name: (schema.dims, np.asarray(arrays[v.name], dtype=v.dtype)) for v in schema.variables}, attrs=store_attrs(schema, provenance))
     for v in schema.variables:
         ds[v.name].attrs.update(units=v.unit, description=v.description)
     staging = LakePaths.staging(final)
     if staging.exists():
         shutil.rmtree(staging)
-    ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(schema, shape))
+    ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, encoding=store_encoding(schema, shape))
     commit(staging, final)
 
 

@@ -114,3 +114,23 @@ def test_clipping_drops_a_cosmic_ray_but_keeps_a_transient_seen_on_several_frame
     assert abs(median.image[4, 4]) < 2 and np.isclose(np.nanmean(median.variance), np.pi / 2 / n)
     with pytest.raises(ValueError, match="mean"):
         combine(images, np.ones((n, *shape)), np.zeros((n, *shape), bool), method="sum")
+
+
+def test_a_stack_reopens_from_zarr_and_fits_with_its_wcs(tmp_path):
+    from astropy.io import fits
+
+    from mstlake.stack.store import open_stack, write_stack
+
+    grid = field_grid(116.0, 28.0, 100 * SCALE, 80 * SCALE, pixel_scale_arcsec=0.862, tile_px=64)
+    rng = np.random.default_rng(4)
+    n, shape = 4, grid.shape
+    stack = combine(rng.normal(10, 1, (n, *shape)), np.ones((n, *shape)), np.zeros((n, *shape), bool))
+    store, fits_path = tmp_path / "stacks" / "f02" / "g" / "20230118.zarr", tmp_path / "stacks" / "f02" / "g" / "20230118.fits"
+    write_stack(store, fits_path, stack, grid.wcs, frame_ids=[11, 12, 13, 14], provenance={"method": "mean"})
+    ds, wcs = open_stack(store)
+    assert np.array_equal(ds.image.values, stack.image) and np.array_equal(ds["count"].values, stack.count)
+    sky = grid.wcs.pixel_to_world_values(12.0, 34.0)
+    assert np.allclose(wcs.world_to_pixel_values(*sky), (12.0, 34.0))
+    with fits.open(fits_path) as hdus:
+        assert np.array_equal(hdus[0].data, stack.image) and hdus["FRAMES"].data["frame_id"].tolist() == [11, 12, 13, 14]
+        assert np.allclose(WCS(hdus["VARIANCE"].header).world_to_pixel_values(*sky), (12.0, 34.0))
