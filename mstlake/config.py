@@ -234,6 +234,25 @@ class ArchiveConfig:
 
 
 @dataclass(frozen=True)
+class StackConfig:
+    """Image stacks (``mstlake.stack``): the field grid's tiles and how frames are combined."""
+
+    method: str = "mean"  # "mean" (inverse-variance weighted, isolated values dropped) or "median"
+    clip_sigma: float = 4.0  # a value this many noise units from both neighbours in value is dropped (0: never)
+    clip_amplitude_fraction: float = 0.3  # of the neighbour's value, added to that noise (bright cores vary with seeing)
+    tile_px: int = 2048  # grid tiles: a tile's frames are resampled and combined in memory
+    margin_deg: float = 0.1  # the grid reaches this far beyond the field's width and height (pointing offsets)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("mean", "median"):
+            raise ConfigError(f"stack.method must be 'mean' or 'median', not {self.method!r}")
+        if self.clip_sigma < 0 or self.clip_amplitude_fraction < 0:
+            raise ConfigError("stack.clip_sigma and stack.clip_amplitude_fraction must be >= 0")
+        if not 64 <= self.tile_px <= 16384:
+            raise ConfigError(f"stack.tile_px must be 64-16384, not {self.tile_px}")
+
+
+@dataclass(frozen=True)
 class MagfitConfig:
     """magfit (``mstlake.phot.magfit``): ensemble fitting of each frame's magnitudes to a master
     reference. Magnitudes and errors in mag; ``[magfit]`` in pipeline.toml."""
@@ -277,6 +296,7 @@ class PipelineConfig:
     photometry: PhotometryConfig
     archive: ArchiveConfig
     magfit: MagfitConfig = MagfitConfig()
+    stack: StackConfig = StackConfig()
 
 
 # --------------------------------------------------------------------------------------------------

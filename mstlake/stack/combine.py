@@ -77,3 +77,20 @@ def isolated_values(images: np.ndarray, variances: np.ndarray, usable: np.ndarra
 def _stack(image: np.ndarray, variance: np.ndarray, count: np.ndarray) -> Stack:
     empty = count == 0
     return Stack(np.where(empty, np.nan, image).astype(np.float32), np.where(empty, np.nan, variance).astype(np.float32), count.astype(np.int16), empty)
+
+
+def stack_tile(frames, tile_wcs, tile_shape: tuple[int, int], *, method: str = "mean", clip_sigma: float | None = 4.0, clip_amplitude_fraction: float = 0.3) -> Stack:
+    """The stack of one tile: ``frames`` an iterable of (image, variance, mask, wcs), each resampled
+    onto the tile (``mstlake.stack.resample``) and combined; frames that miss the tile add nothing."""
+    from mstlake.stack.resample import resample_frame
+
+    images, variances, bad = [], [], []
+    for image, variance, mask, wcs in frames:
+        out = resample_frame(image, variance, mask, wcs, tile_wcs, tile_shape)
+        if out.bad.all():
+            continue
+        images.append(out.image), variances.append(out.variance), bad.append(out.bad)
+    if not images:
+        nothing = np.full(tile_shape, np.nan)
+        return _stack(nothing, nothing, np.zeros(tile_shape, int))
+    return combine(np.stack(images), np.stack(variances), np.stack(bad), method=method, clip_sigma=clip_sigma or None, clip_amplitude_fraction=clip_amplitude_fraction)

@@ -134,3 +134,31 @@ def test_a_stack_reopens_from_zarr_and_fits_with_its_wcs(tmp_path):
     with fits.open(fits_path) as hdus:
         assert np.array_equal(hdus[0].data, stack.image) and hdus["FRAMES"].data["frame_id"].tolist() == [11, 12, 13, 14]
         assert np.allclose(WCS(hdus["VARIANCE"].header).world_to_pixel_values(*sky), (12.0, 34.0))
+
+
+def test_a_tile_stack_of_shifted_rotated_frames_keeps_a_star_and_beats_the_noise_by_sqrt_n():
+    from mstlake.stack.combine import stack_tile
+
+    rng = np.random.default_rng(5)
+    shape, sigma, flux = (220, 220), 5.0, 4e4
+    grid = field_grid(116.0, 28.0, 160 * SCALE, 160 * SCALE, pixel_scale_arcsec=0.862, tile_px=160)
+    tile = grid.tiles()[0]
+    star_ra, star_dec = tile.wcs.pixel_to_world_values(80.3, 79.6)
+
+    def frame(i):
+        wcs = frame_wcs(ra=116.0 + rng.normal(0, 3) * SCALE, dec=28.0 + rng.normal(0, 3) * SCALE, rotation_deg=rng.uniform(0, 360), shape=shape)
+        x, y = wcs.world_to_pixel_values(star_ra, star_dec)
+        image = gaussian_star(shape, float(x), float(y), flux) + rng.normal(0, sigma, shape)
+        return image, np.full(shape, sigma**2), np.zeros(shape, np.uint8), wcs
+
+    frames = [frame(i) for i in range(8)]
+    one, eight = stack_tile(frames[:1], tile.wcs, tile.shape), stack_tile(frames, tile.wcs, tile.shape)
+    yy, xx = np.mgrid[: tile.shape[0], : tile.shape[1]]
+    star = (xx - 80.3) ** 2 + (yy - 79.6) ** 2 < 10**2
+    assert abs(np.nansum(eight.image[star]) / flux - 1) < 0.01
+    # noise in apertures (resampling correlates neighbouring pixels; an aperture's sum keeps its noise)
+    def aperture_noise(stack):
+        sums = [np.nansum(stack.image[(xx - cx) ** 2 + (yy - cy) ** 2 < 4**2]) for cx in range(12, 150, 11) for cy in range(12, 150, 11) if (cx - 80) ** 2 + (cy - 80) ** 2 > 20**2]
+        return np.std(sums)
+    assert abs(aperture_noise(one) / aperture_noise(eight) / np.sqrt(8) - 1) < 0.15
+    assert (eight.count[20:140, 20:140] == 8).all()
