@@ -82,7 +82,8 @@ import pyarrow as pa
 
 from mstlake.config import ArchiveConfig
 from mstlake.lake import healpix
-from mstlake.lake.archive import Archive, connect, sql_path
+from mstlake.lake.archive import Archive, connect
+from mstlake.lake.snapshot import sql_path
 from mstlake.paths import LakePaths
 from mstlake.query.lake import MACROS, open_lake
 from mstlake.schemas import load_schema

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ import pyarrow as pa
 from mstlake.astro import separation_deg
 from mstlake.config import ArchiveConfig
 from mstlake.lake import healpix
-from mstlake.lake.snapshot import ArchiveError
+from mstlake.lake.snapshot import ArchiveError, read_snapshot, sql_path
 from mstlake.paths import LakePaths
 from mstlake.schemas import load_schema
 
@@ -208,16 +207,8 @@ class Archive:
 
     def _most_files_per_partition(self) -> int:
         """The most data files any partition of any table is held in at the last snapshot."""
-        from mstlake.lake.snapshot import read_snapshot
-
-        most = 0
-        for table in read_snapshot(self.paths.archive_catalogue, self.paths.archive_data).tables.values():
-            per_partition: dict[str, int] = {}
-            for data_file in table.files:
-                key = data_file.path.rsplit("/", 2)[-2]
-                per_partition[key] = per_partition.get(key, 0) + 1
-            most = max(most, *per_partition.values(), 0)
-        return most
+        tables = read_snapshot(self.paths.archive_catalogue, self.paths.archive_data).tables.values()
+        return max((len(files) for table in tables for files in table.files_by_partition().values()), default=0)
 
     def refresh_objects(self, *, message: str = "objects refreshed") -> int:
         """Recompute every object's position and statistics from all its measurements, in one
@@ -243,12 +234,8 @@ class Archive:
         with self._writer() as con:
             con.execute(f"CALL {CATALOG}.set_option('parquet_row_group_size', {COMPACT_ROW_GROUP_ROWS})")
             for name in ARCHIVE_TABLES:
-                listed = con.execute(f"SELECT data_file, data_file_size_bytes FROM ducklake_list_files('{CATALOG}', '{name}')").fetchall()
-                per_partition: dict[int | None, int] = {}
-                for path, _ in listed:
-                    key = int(path.split("healpix_partition=")[1].split("/")[0]) if name in PARTITIONED_TABLES else None
-                    per_partition[key] = per_partition.get(key, 0) + 1
-                spread = sorted(key for key, files in per_partition.items() if files > 1)
+                grouped = self._live_files(name)
+                spread = sorted(key for key, files in grouped.items() if len(files) > 1)
                 if spread and name in PARTITIONED_TABLES:
                     rows = dict(con.execute(f"SELECT healpix_partition, count(*) FROM {CATALOG}.{name} GROUP BY 1").fetchall())
                     batch, batch_rows = [], 0
@@ -260,7 +247,7 @@ class Archive:
                             batch, batch_rows = [], 0
                 elif spread:
                     self._rewrite_sorted(con, name, None)
-                counts[name] = (len(listed), self._live_files(con, name))
+                counts[name] = (sum(map(len, grouped.values())), sum(map(len, self._live_files(name).values())))
         return counts
 
     def _rewrite_sorted(self, con: duckdb.DuckDBPyConnection, name: str, partitions: list[int] | None) -> None:
@@ -273,9 +260,10 @@ class Archive:
             con.execute(f"CALL {CATALOG}.set_commit_message('mstlake', 'compaction of {name}')")
         con.execute("DROP TABLE rewritten")
 
-    @staticmethod
-    def _live_files(con: duckdb.DuckDBPyConnection, name: str) -> int:
-        return int(con.execute(f"SELECT count(*) FROM ducklake_list_files('{CATALOG}', '{name}')").fetchone()[0])
+    def _live_files(self, name: str) -> dict[int | None, list]:
+        """Table ``name``'s data files at the last snapshot, by partition."""
+        table = read_snapshot(self.paths.archive_catalogue, self.paths.archive_data).tables.get(name)
+        return table.files_by_partition() if table is not None else {}
 
     def release(self, name: str, *, note: str = "") -> int:
         """Name the current snapshot (a data release such as DR1); returns its snapshot id. A name
@@ -500,9 +488,6 @@ def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         raise
 
 
-def sql_path(path: str | Path) -> str:
-    """An absolute path as the text of a SQL string literal (quotes doubled)."""
-    return os.path.abspath(path).replace("'", "''")
 
 
 # Every measurement of the touched objects: forced photometry (magfit magnitudes where present),

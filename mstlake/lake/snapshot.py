@@ -22,12 +22,17 @@ compactions, deletes and releases.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 SUPPORTED_VERSIONS = ("0.3",)
+PARTITION_DIRECTORY = "healpix_partition="  # DuckLake's hive-style directory of a partitioned table's files
+# read_parquet's options for a partitioned table's files: the directories' partition values let
+# DuckDB skip every file outside a query's partitions before opening any
+PARTITIONED_READ = "hive_partitioning = true, hive_types = {'healpix_partition': INTEGER}"
 # DuckLake column types -> DuckDB types (only needed to give an empty table its columns)
 DUCKLAKE_TYPES = {
     "boolean": "BOOLEAN", "int8": "TINYINT", "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT",
@@ -57,6 +62,13 @@ class DataFile:
     def whole(self) -> bool:
         return self.visible_rows == self.record_count and self.delete_path is None
 
+    @property
+    def partition(self) -> int | None:
+        """The HEALPix partition the file holds (its ``healpix_partition=<pixel>`` directory);
+        None in a table that is not partitioned."""
+        directory = self.path.rsplit("/", 2)[-2]
+        return int(directory[len(PARTITION_DIRECTORY):]) if directory.startswith(PARTITION_DIRECTORY) else None
+
 
 @dataclass(frozen=True)
 class TableFiles:
@@ -72,8 +84,8 @@ class TableFiles:
         columns = ", ".join(_quote(name) for name, _ in self.columns)
         if not self.files:
             return "SELECT " + ", ".join(f"NULL::{kind} AS {_quote(name)}" for name, kind in self.columns) + " LIMIT 0"
-        partitioned = "healpix_partition=" in self.files[0].path
-        options = ", hive_partitioning = true, hive_types = {'healpix_partition': INTEGER}" if partitioned else ", hive_partitioning = false"
+        partitioned = self.files[0].partition is not None
+        options = ", " + (PARTITIONED_READ if partitioned else "hive_partitioning = false")
         parts = []
         if self.whole_files:
             listed = f"getvariable({sql_literal(files_variable)})" if files_variable else sql_list(self.whole_files)
@@ -97,6 +109,13 @@ class TableFiles:
     def whole_files(self) -> list[str]:
         """Paths of the files the snapshot holds every row of."""
         return [f.path for f in self.files if f.whole]
+
+    def files_by_partition(self) -> dict[int | None, list[DataFile]]:
+        """The table's files grouped by HEALPix partition (all under None when not partitioned)."""
+        grouped: dict[int | None, list[DataFile]] = {}
+        for data_file in self.files:
+            grouped.setdefault(data_file.partition, []).append(data_file)
+        return grouped
 
 
 @dataclass(frozen=True)
@@ -214,7 +233,17 @@ def _quote(name: str) -> str:
 
 
 def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    """``text`` as a SQL string literal, quotes and all."""
+    return f"'{_escaped(text)}'"
+
+
+def sql_path(path: str | Path) -> str:
+    """An absolute path as the text of a SQL string literal (quotes doubled; put it in quotes)."""
+    return _escaped(os.path.abspath(path))
+
+
+def _escaped(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def sql_list(paths) -> str:

@@ -124,11 +124,8 @@ class ObjectFiles:
     within 2" of it)."""
 
     def __init__(self, found: snapshot.Snapshot, order: int):
-        self.files = {name: {} for name in found.tables}
-        for name, table in found.tables.items():
-            for path in table.whole_files:
-                if "healpix_partition=" in path:
-                    self.files[name].setdefault(int(path.split("healpix_partition=")[1].split("/")[0]), []).append(path)
+        # (the caller uses this only when every file is whole)
+        self.files = {name: {partition: [f.path for f in files] for partition, files in table.files_by_partition().items()} for name, table in found.tables.items()}
         self.first = {name: table.whole_files[0] for name, table in found.tables.items() if table.whole_files}
         # a connection of its own: a function may not query the connection that calls it
         self.lookup = duckdb.connect()
@@ -154,9 +151,9 @@ class ObjectFiles:
 
 
 def _file_lookups(con: duckdb.DuckDBPyConnection, found: snapshot.Snapshot, order: int) -> dict[str, str]:
-    """Register ``ObjectFiles`` and return the macros that use it (``lightcurve``, ``cone``,
-    ``lightcurve_at``), when the snapshot's tables are whole files (no rows hidden by compaction
-    or deletes); none otherwise (the macros over the views serve then)."""
+    """Register ``ObjectFiles`` and return where the light-curve and cone macros read instead of
+    the views (see VIEW_READS), when the snapshot's tables are whole files (no rows hidden by
+    compaction or deletes); nothing otherwise (the macros read the views then)."""
     tables = found.tables
     if not all(name in tables and all(f.whole for f in tables[name].files) for name in ("forced", "sources", "objects", "object_index")):
         return {}
@@ -165,83 +162,65 @@ def _file_lookups(con: duckdb.DuckDBPyConnection, found: snapshot.Snapshot, orde
     files = ObjectFiles(found, order)
     con.create_function("mstlake_object_files", files, [VARCHAR, BIGINT], duckdb.list_type(VARCHAR), side_effects=False)
     con.create_function("mstlake_cone_files", files.cone, [VARCHAR, DOUBLE, DOUBLE, DOUBLE], duckdb.list_type(VARCHAR), side_effects=False)
-    options = "hive_partitioning = true, hive_types = {'healpix_partition': INTEGER}"
-
-    def source(name: str, lookup: str) -> str:  # a table without files stays its (empty) view
-        return f"read_parquet({lookup}, {options})" if tables[name].files else name
-
-    return {
-        "lightcurve": OBJECT_LIGHTCURVE.format(forced=source("forced", "mstlake_object_files('forced', id)"), sources=source("sources", "mstlake_object_files('sources', id)")),
-        "cone": FILE_CONE.format(objects=source("objects", "mstlake_cone_files('objects', ra_deg, dec_deg, radius_arcsec + 2)")),
-        "lightcurve_at": FILE_LIGHTCURVE_AT.format(forced=source("forced", "mstlake_cone_files('forced', ra_deg, dec_deg, radius_arcsec + 2)")),
+    options = snapshot.PARTITIONED_READ
+    reads = {
+        # no object_index lookup in SQL: ObjectFiles gives the files of the object's partitions
+        "object_target": ("", "forced"),
+        "object_sources_near": ("true", "forced"),
+        "object_forced": (f"read_parquet(mstlake_object_files('forced', id), {options}) f WHERE f.object_id = id", "forced"),
+        "object_sources": (f"read_parquet(mstlake_object_files('sources', id), {options}) s", "sources"),
+        "cone_objects": (f"read_parquet(mstlake_cone_files('objects', ra_deg, dec_deg, radius_arcsec + 2), {options}) o", "objects"),
+        "cone_partitions": ("true", "objects"),
+        "cone_forced": (f"read_parquet(mstlake_cone_files('forced', ra_deg, dec_deg, radius_arcsec + 2), {options}) f", "forced"),
     }
+    return {key: read for key, (read, table) in reads.items() if tables[table].files}  # a table without files stays its (empty) view
 
 
-def _create_macros(con: duckdb.DuckDBPyConnection, order: int, replaced: dict[str, str]) -> None:
-    """The macros, those named in ``replaced`` with the statement given there."""
+def _create_macros(con: duckdb.DuckDBPyConnection, order: int, reads: dict[str, str]) -> None:
+    """The macros, reading where ``reads`` says (VIEW_READS for what it leaves out)."""
     for statement in healpix.SQL_MACROS:
         con.execute(statement)
     con.execute(f"CREATE TEMP MACRO healpix_cone(ra_deg, dec_deg, radius_arcsec) AS healpix_disc({int(order)}, ra_deg, dec_deg, radius_arcsec)")
     con.execute(f"CREATE TEMP MACRO _partitions_near(ra_deg, dec_deg, radius_arcsec) AS healpix_near({int(order)}, ra_deg, dec_deg, radius_arcsec)")
     for statement in MACROS:
-        name = statement.split("MACRO ", 1)[1].split("(", 1)[0]
-        con.execute(replaced.get(name, statement))
+        con.execute(statement.format(**(VIEW_READS | reads)))
 
 
-# An object's light-curve points all carry its partition and _healpix_29 (from its position when it
-# was created: the join on both lets DuckDB skip the other row groups of a sorted file);
-# its detections carry their own, within the association radius (1") of it: the partitions within
-# 2" of it hold them.
-# lightcurve(id) when each table's files of a partition can be looked up (see ObjectFiles): the same
-# result as the lightcurve macro below, planned over a handful of files
-OBJECT_LIGHTCURVE = """CREATE TEMP MACRO lightcurve(id) AS TABLE
-        WITH forced_points AS (
-            SELECT f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag, 'forced' AS kind
-            FROM {forced} f WHERE f.object_id = id
-        ),
-        detections AS (
-            SELECT s.object_id, s.frame_id, s.mjd, s.band, s.flux_psf, s.flux_psf_err, s.mag_psf, s.mag_psf_err, NULL::FLOAT, s.flag_psf, 'detection'
-            FROM {sources} s
-            WHERE s.object_id = id AND NOT EXISTS (SELECT 1 FROM forced_points)
-        ),
-        points AS (SELECT * FROM forced_points UNION ALL SELECT * FROM detections)
-        SELECT p.*, fr.cloudy, coalesce(fr.status = 'calibrated' AND NOT fr.cloudy, true) AND p.flag = 0 AND p.mag IS NOT NULL AS good
-        FROM points p LEFT JOIN frames fr USING (frame_id)
-        ORDER BY p.band, p.mjd"""
-
-FILE_CONE = """CREATE TEMP MACRO cone(ra_deg, dec_deg, radius_arcsec) AS TABLE
-        SELECT o.*, angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) AS separation_arcsec
-        FROM {objects} o
-        WHERE o.dec BETWEEN dec_deg - (radius_arcsec + 2) / 3600 AND dec_deg + (radius_arcsec + 2) / 3600
-          AND angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) <= radius_arcsec
-        ORDER BY separation_arcsec"""
-
-FILE_LIGHTCURVE_AT = """CREATE TEMP MACRO lightcurve_at(ra_deg, dec_deg, radius_arcsec) AS TABLE
-        SELECT c.separation_arcsec, f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag
-        FROM cone(ra_deg, dec_deg, radius_arcsec) c JOIN {forced} f ON f.healpix_partition = c.healpix_partition AND f.object_id = c.object_id
-        ORDER BY c.separation_arcsec, f.object_id, f.band, f.mjd"""
+# Where the light-curve and cone macros read: the views, pruned by partition in SQL (any
+# snapshot), unless _file_lookups gives the few files of the partitions concerned instead. An
+# object's light-curve points all carry its partition and _healpix_29 (from its position when it
+# was created: the join on both lets DuckDB skip the other row groups of a sorted file); its
+# detections carry their own, within the association radius (1") of it: the partitions within 2"
+# of it hold them.
+VIEW_READS = {
+    "object_target": "target AS (SELECT object_id, _healpix_29, healpix_partition, ra, dec FROM object_index WHERE object_id = id),\n        ",
+    "object_forced": "forced f SEMI JOIN target t ON f.healpix_partition = t.healpix_partition AND f._healpix_29 = t._healpix_29 AND f.object_id = t.object_id",
+    "object_sources": "sources s",
+    "object_sources_near": "s.healpix_partition IN (SELECT unnest(_partitions_near(t.ra, t.dec, 2)) FROM target t)",
+    "cone_objects": "objects o",
+    "cone_partitions": "list_contains(healpix_cone(ra_deg, dec_deg, radius_arcsec + 2), o.healpix_partition)",
+    "cone_forced": "forced f",
+}
 
 MACROS = (
     """CREATE TEMP MACRO angular_separation_arcsec(ra1, dec1, ra2, dec2) AS
         7200 * degrees(asin(least(1, sqrt(sin(radians(dec2 - dec1) / 2) ^ 2 + cos(radians(dec1)) * cos(radians(dec2)) * sin(radians(ra2 - ra1) / 2) ^ 2))))""",
     """CREATE TEMP MACRO cone(ra_deg, dec_deg, radius_arcsec) AS TABLE
         SELECT o.*, angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) AS separation_arcsec
-        FROM objects o
-        WHERE list_contains(healpix_cone(ra_deg, dec_deg, radius_arcsec + 2), o.healpix_partition)
+        FROM {cone_objects}
+        WHERE {cone_partitions}
           AND o.dec BETWEEN dec_deg - (radius_arcsec + 2) / 3600 AND dec_deg + (radius_arcsec + 2) / 3600
           AND angular_separation_arcsec(ra_deg, dec_deg, o.ra, o.dec) <= radius_arcsec
         ORDER BY separation_arcsec""",
     """CREATE TEMP MACRO lightcurve(id) AS TABLE
-        WITH target AS (SELECT object_id, _healpix_29, healpix_partition, ra, dec FROM object_index WHERE object_id = id),
-        forced_points AS (
+        WITH {object_target}forced_points AS (
             SELECT f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag, 'forced' AS kind
-            FROM forced f SEMI JOIN target t ON f.healpix_partition = t.healpix_partition AND f._healpix_29 = t._healpix_29 AND f.object_id = t.object_id
+            FROM {object_forced}
         ),
         detections AS (
             SELECT s.object_id, s.frame_id, s.mjd, s.band, s.flux_psf, s.flux_psf_err, s.mag_psf, s.mag_psf_err, NULL::FLOAT, s.flag_psf, 'detection'
-            FROM sources s
-            WHERE s.object_id = id AND NOT EXISTS (SELECT 1 FROM forced_points)
-              AND s.healpix_partition IN (SELECT unnest(_partitions_near(t.ra, t.dec, 2)) FROM target t)
+            FROM {object_sources}
+            WHERE s.object_id = id AND NOT EXISTS (SELECT 1 FROM forced_points) AND {object_sources_near}
         ),
         points AS (SELECT * FROM forced_points UNION ALL SELECT * FROM detections)
         SELECT p.*, fr.cloudy, coalesce(fr.status = 'calibrated' AND NOT fr.cloudy, true) AND p.flag = 0 AND p.mag IS NOT NULL AS good
@@ -249,7 +228,7 @@ MACROS = (
         ORDER BY p.band, p.mjd""",
     """CREATE TEMP MACRO lightcurve_at(ra_deg, dec_deg, radius_arcsec) AS TABLE
         SELECT c.separation_arcsec, f.object_id, f.frame_id, f.mjd, f.band, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag
-        FROM cone(ra_deg, dec_deg, radius_arcsec) c JOIN forced f ON f.healpix_partition = c.healpix_partition AND f.object_id = c.object_id
+        FROM cone(ra_deg, dec_deg, radius_arcsec) c JOIN {cone_forced} ON f.healpix_partition = c.healpix_partition AND f.object_id = c.object_id
         ORDER BY c.separation_arcsec, f.object_id, f.band, f.mjd""",
     """CREATE TEMP MACRO variables(band := 'g', min_epochs := 10, min_chi2 := 5.0, min_stetson_j := 0.5) AS TABLE
         WITH per_band AS (

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mstlake.stack.resample import resample_frame
+
 
 @dataclass(frozen=True)
 class Stack:
@@ -82,8 +84,6 @@ def _stack(image: np.ndarray, variance: np.ndarray, count: np.ndarray) -> Stack:
 def stack_tile(frames, tile_wcs, tile_shape: tuple[int, int], *, method: str = "mean", clip_sigma: float | None = 4.0, clip_amplitude_fraction: float = 0.3) -> Stack:
     """The stack of one tile: ``frames`` an iterable of (image, variance, mask, wcs), each resampled
     onto the tile (``mstlake.stack.resample``) and combined; frames that miss the tile add nothing."""
-    from mstlake.stack.resample import resample_frame
-
     images, variances, bad = [], [], []
     for image, variance, mask, wcs in frames:
         out = resample_frame(image, variance, mask, wcs, tile_wcs, tile_shape)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_area
 
 # output pixels whose resampled mask indicator exceeds this are tainted (bilinear interpolation
 # of a 0/1 plane: any weight at all from a masked pixel)
@@ -46,21 +47,14 @@ def resample_frame(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, fr
     clean_variance = np.where(bad_in, 0.0, variance)
     options = {"shape_out": tile_shape, "conserve_flux": True, "boundary_mode": "strict", "return_footprint": True}
     out_image, footprint = reproject_adaptive((clean_image, frame_wcs), tile_wcs, **options)
-    # variance: weighted mean of the inputs' (no Jacobian: a variance per output pixel of the same area)
+    # variance: the kernel-weighted mean of the inputs', times the square of the factor the image
+    # picked up (the ratio of pixel areas, at the projection planes' reference points: enough for
+    # weights on a grid at the frames' pixel scale)
     out_variance, _ = reproject_adaptive((clean_variance, frame_wcs), tile_wcs, **(options | {"conserve_flux": False}))
-    scale = _pixel_area_ratio(frame_wcs, tile_wcs, tile_shape)
-    out_variance = out_variance * scale**2
+    out_variance = out_variance * (proj_plane_pixel_area(tile_wcs.celestial) / proj_plane_pixel_area(frame_wcs.celestial)) ** 2
     taint, taint_footprint = reproject_interp((bad_in.astype(np.float64), frame_wcs), tile_wcs, shape_out=tile_shape, order="bilinear")
     covered = (footprint > 0.5) & np.isfinite(out_image)
     bad = ~covered | (np.nan_to_num(taint, nan=1.0) > TAINT_THRESHOLD) | (taint_footprint <= 0)
     out_image = np.where(covered, out_image, np.nan)
     return Resampled(out_image.astype(np.float32), np.where(covered, out_variance, np.nan).astype(np.float32), bad, footprint.astype(np.float32))
 
-
-def _pixel_area_ratio(frame_wcs: WCS, tile_wcs: WCS, tile_shape: tuple[int, int]) -> np.ndarray:
-    """Output pixel area / input pixel area at each output pixel (the factor a flux density
-    picks up when it is resampled flux-conserving): from the projection plane scales at the
-    tile's centre, enough for variance weights on a grid with the frames' pixel scale."""
-    from astropy.wcs.utils import proj_plane_pixel_area
-
-    return np.full(tile_shape, proj_plane_pixel_area(tile_wcs.celestial) / proj_plane_pixel_area(frame_wcs.celestial))

@@ -50,8 +50,8 @@ def _write_fits(path: Path, planes: dict, wcs: WCS, frame_ids, provenance: dict)
     primary = fits.PrimaryHDU(np.asarray(planes["image"], np.float32), header=header)
     hdus = [primary] + [fits.ImageHDU(np.asarray(planes[name]), header=header, name=name.upper()) for name in ("variance", "count", "mask")]
     hdus.append(fits.BinTableHDU.from_columns([fits.Column(name="frame_id", format="K", array=np.asarray(frame_ids, np.int64))], name="FRAMES"))
-    hdus[0].header["PROVENAN"] = json.dumps(provenance, default=str)[:68]
-    staging = path.with_name(f".{path.name}.tmp")
+    hdus[0].header["PROVENAN"] = json.dumps(provenance, default=str)  # long strings go on CONTINUE cards
+    staging = LakePaths.staging(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fits.HDUList(hdus).writeto(staging, overwrite=True)
     os.replace(staging, path)
