@@ -125,6 +125,62 @@ def ingest(field_name, raw_dir, lake_dir, force, quiet, config_dir):
 
 
 @main.command()
+@click.option("--field", "field_name", required=True, help="Field (a file in ingest/fields/).")
+@click.option("--band", type=click.Choice(["g", "r", "i"]), required=True, help="Band to stack.")
+@click.option("--nights", default=None, help="Nights to stack: YYYYMMDD, comma-separated, or ranges FIRST-LAST (default: all).")
+@click.option("--n", "first_n", type=click.IntRange(1), default=None, help="Only the first N frames (in time) of those nights.")
+@click.option("--include-cloudy", is_flag=True, help="Also stack frames flagged cloudy (left out by default; unsolved and uncalibrated frames always are).")
+@click.option("--name", default=None, help="Name of the stack (default: <first night>[-<last night>]-n<frames>).")
+@click.option("--lake", "lake_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Lake directory (default: the field's lake_dir).")
+@click.option("--no-measure", is_flag=True, help="Only make the stack; do not measure it into the archive's deep catalogue.")
+@click.option("--force", is_flag=True, help="Measure again a stack the archive already holds, replacing its rows.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@CONFIG_OPTION
+def stack(field_name, band, nights, first_n, include_cloudy, name, lake_dir, no_measure, force, quiet, config_dir):
+    """Stack calibrated frames of a field on its tangent-plane grid, and measure the stack.
+
+    Frames (solved, flux-calibrated, not cloudy) are scaled to a common zero point, resampled
+    through their TAN-SIP solutions (flux-conserving cubic splines) and combined with background
+    weights, dropping values isolated from the rest (cosmic rays, tracks the masks missed), tile by
+    tile as one Dask graph. Writes lake/stacks/<field>/<band>/<name>.zarr and .fits (image with
+    WCS, VARIANCE, COUNT, MASK, FRAMES), then measures the stack like a frame (astrometric check,
+    ePSF and aperture photometry, zero point, 5-sigma depth) into the archive's `stacks` and
+    `stack_sources` tables (query them with `mstlake sql`).
+    """
+    from mstlake.lake.refcat import ReferenceCatalogueError, load_reference
+    from mstlake.pipeline import stack as pipeline
+
+    try:
+        field_cfg, instrument, pipeline_cfg = cfg.load_field(field_name, config_dir), cfg.load_instrument(config_dir), cfg.load_pipeline(config_dir)
+    except (cfg.ConfigError, FileNotFoundError) as err:
+        _fail(str(err))
+    lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
+    started = time.perf_counter()
+    try:
+        available = sorted({night for _, b, night, _ in lake.field_cubes(field_cfg.name) if b == band})
+        selection = pipeline.FrameSelection(nights=pipeline.parse_nights(nights, available), first_n=first_n, include_cloudy=include_cloudy)
+        result = pipeline.stack_field(lake, field_cfg, band, selection, instrument=instrument, cfg=pipeline_cfg.stack, name=name, progress=not quiet)
+    except pipeline.StackError as err:
+        _fail(str(err))
+    left_out = ", ".join(f"{n} {reason}" for reason, n in sorted(result.left_out.items())) or "none"
+    console.print(f"stack [bold]{result.name}[/]: {len(result.frames)} frames ({selection.describe()}; left out: {left_out}) on a {result.shape[1]}x{result.shape[0]} grid "
+                  f"in {result.n_tiles} tiles of {result.tile_px} px, {time.perf_counter() - started:.1f} s\n[cyan]{result.store}[/]\n[cyan]{result.fits}[/]")
+    if no_measure:
+        return
+    try:
+        reference = load_reference(field_cfg, lake, base=Path.cwd())
+    except ReferenceCatalogueError as err:
+        _fail(f"the stack is made but cannot be measured: {err}")
+    measured = pipeline.measure_stack(lake, result.store, reference.to_pandas(), instrument=instrument, astrometry_cfg=pipeline_cfg.astrometry, photometry_cfg=pipeline_cfg.photometry, archive_cfg=pipeline_cfg.archive, replace=force)
+    row = measured.stack.to_pylist()[0]
+    zp = "no zero point: " + str(row["reason"]) if row["zero_point_mag"] is None else f"zero point {row['zero_point_mag']:.3f} (rms {row['zero_point_rms_mag']:.3f}, {row['n_calibrators']} standards)"
+    depth = "-" if row["depth_5sigma_mag"] is None else f"{row['depth_5sigma_mag']:.2f}"
+    astrometry = "-" if row["rms_x_mas"] is None else f"{row['rms_x_mas']:.0f} / {row['rms_y_mas']:.0f} mas ({row['n_matched']} stars)"
+    console.print(f"measured: {row['n_sources']} sources, {zp}, 5-sigma depth {depth} mag, PSF FWHM {row['psf_fwhm_px']:.2f} px (inputs {row['inputs_fwhm_px']:.2f}), astrometric check {astrometry}")
+    console.print("deep catalogue " + ("already in the archive (use --force to replace it)" if measured.snapshot is None else f"in the archive, snapshot {measured.snapshot}: tables stacks and stack_sources"))
+
+
+@main.command()
 @click.argument("query")
 @click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
 @click.option("--release", default=None, help="Query a named release (e.g. DR1) instead of the last committed snapshot.")

@@ -235,21 +235,33 @@ class ArchiveConfig:
 
 @dataclass(frozen=True)
 class StackConfig:
-    """Image stacks (``mstlake.stack``): the field grid's tiles and how frames are combined."""
+    """Image stacks (``mstlake.stack``): the field grid's tiles, how frames are resampled and
+    combined, and the Dask scheduler of the graph over tiles; ``[stack]`` in pipeline.toml."""
 
-    method: str = "mean"  # "mean" (inverse-variance weighted, isolated values dropped) or "median"
+    method: str = "mean"  # "mean" (background-weighted, isolated values dropped) or "median"
     clip_sigma: float = 4.0  # a value this many noise units from both neighbours in value is dropped (0: never)
     clip_amplitude_fraction: float = 0.3  # of the neighbour's value, added to that noise (bright cores vary with seeing)
-    tile_px: int = 2048  # grid tiles: a tile's frames are resampled and combined in memory
+    resampling: str = "spline"  # "spline" (interpolating, flux-conserving) or "adaptive" (reproject, for coarser grids)
+    weight_by_seeing: bool = True  # point-source weights: background weight x (median FWHM / frame FWHM)^2
+    tile_px: int = 2048  # largest grid tile; a multiple of the stack cube's chunk (512)
+    tile_memory_gb: float = 2.0  # resampled frames held for one tile: tiles shrink as frames grow in number
     margin_deg: float = 0.1  # the grid reaches this far beyond the field's width and height (pointing offsets)
+    scheduler: str = "processes"  # Dask scheduler of the graph over tiles
+    workers: int = 2
 
     def __post_init__(self) -> None:
         if self.method not in ("mean", "median"):
             raise ConfigError(f"stack.method must be 'mean' or 'median', not {self.method!r}")
+        if self.resampling not in ("spline", "adaptive"):
+            raise ConfigError(f"stack.resampling must be 'spline' or 'adaptive', not {self.resampling!r}")
         if self.clip_sigma < 0 or self.clip_amplitude_fraction < 0:
             raise ConfigError("stack.clip_sigma and stack.clip_amplitude_fraction must be >= 0")
-        if not 64 <= self.tile_px <= 16384:
-            raise ConfigError(f"stack.tile_px must be 64-16384, not {self.tile_px}")
+        if not 512 <= self.tile_px <= 16384 or self.tile_px % 512:
+            raise ConfigError(f"stack.tile_px must be a multiple of 512 in 512-16384, not {self.tile_px}")
+        if self.tile_memory_gb <= 0:
+            raise ConfigError(f"stack.tile_memory_gb must be positive, not {self.tile_memory_gb}")
+        if self.scheduler not in ("threads", "processes", "synchronous") or self.workers < 1:
+            raise ConfigError(f"stack.scheduler must be threads, processes or synchronous with workers >= 1, not {self.scheduler!r} x {self.workers}")
 
 
 @dataclass(frozen=True)

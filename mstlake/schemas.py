@@ -29,6 +29,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "timestamp[us, UTC]": pa.timestamp("us", tz="UTC"),
     "list<float32>": pa.list_(pa.float32()),
     "list<float64>": pa.list_(pa.float64()),
+    "list<int64>": pa.list_(pa.int64()),
 }
 
 
@@ -36,7 +37,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 _SQL_TYPES: dict[str, str] = {
     "bool": "BOOLEAN", "int8": "TINYINT", "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT",
     "uint8": "UTINYINT", "uint16": "USMALLINT", "float32": "FLOAT", "float64": "DOUBLE", "string": "VARCHAR",
-    "timestamp[us, UTC]": "TIMESTAMPTZ", "list<float32>": "FLOAT[]", "list<float64>": "DOUBLE[]",
+    "timestamp[us, UTC]": "TIMESTAMPTZ", "list<float32>": "FLOAT[]", "list<float64>": "DOUBLE[]", "list<int64>": "BIGINT[]",
 }
 
 
@@ -58,6 +59,11 @@ class Column:
             metadata["unit"] = self.unit
         return pa.field(self.name, _ARROW_TYPES[self.type], nullable=self.nullable, metadata=metadata)
 
+    @property
+    def sql_type(self) -> str:
+        """Its DuckDB type."""
+        return _SQL_TYPES[self.type]
+
 
 @dataclass(frozen=True)
 class TableSchema:
@@ -76,7 +82,7 @@ class TableSchema:
     def sql_columns(self) -> str:
         """The column list of a SQL ``CREATE TABLE`` for this table (DuckDB types, NOT NULL where
         the schema says so)."""
-        return ", ".join(f'"{c.name}" {_SQL_TYPES[c.type]}{"" if c.nullable else " NOT NULL"}' for c in self.columns)
+        return ", ".join(f'"{c.name}" {c.sql_type}{"" if c.nullable else " NOT NULL"}' for c in self.columns)
 
     def empty(self) -> pa.Table:
         return self.arrow().empty_table()

@@ -50,10 +50,13 @@ from mstlake.paths import LakePaths
 from mstlake.schemas import load_schema
 
 # archive table -> its schema; every one partitioned by healpix_partition
-TABLE_SCHEMAS = {"frames": "archive_frames", "sources": "archive_sources", "forced": "forced", "objects": "objects", "object_index": "object_index"}
+TABLE_SCHEMAS = {
+    "frames": "archive_frames", "sources": "archive_sources", "forced": "forced", "objects": "objects", "object_index": "object_index",
+    "stacks": "stacks", "stack_sources": "stack_sources",
+}
 NIGHT_TABLES = ("frames", "sources", "forced")  # appended per night, keyed by frame_id
 ARCHIVE_TABLES = tuple(TABLE_SCHEMAS)
-PARTITIONED_TABLES = ("frames", "sources", "forced", "objects")  # object_index is sorted by id instead
+PARTITIONED_TABLES = ("frames", "sources", "forced", "objects", "stacks", "stack_sources")  # object_index is sorted by id instead
 RELEASES = "releases"
 CATALOG = "lake"  # the name the archive is attached under in a DuckDB connection
 BANDS = ("g", "r", "i")
@@ -205,6 +208,39 @@ class Archive:
             self.compact()
         return CommitResult(snapshot, added, int(skipped), new_objects if any(added.values()) else 0)
 
+    def commit_stack(self, stack: pa.Table, sources: pa.Table, *, message: str, replace: bool = False) -> int | None:
+        """Add one measured image stack (its ``stacks`` row) and its deep catalogue
+        (``stack_sources``) in one snapshot. Each detection is associated with the nearest known
+        object within the association radius (a stack makes no objects: its detections are not
+        light-curve points). A stack already held (same ``stack_id``) adds nothing and returns
+        None, unless ``replace``: then its rows are replaced in the same snapshot (a stack measured
+        again by a newer pipeline; earlier snapshots and releases keep the old measurement).
+        Returns the snapshot id."""
+        stack, sources = self.schemas["stacks"].conform(stack), self.schemas["stack_sources"].conform(sources)
+        if stack.num_rows != 1:
+            raise ArchiveError(f"commit_stack takes one stacks row, not {stack.num_rows}")
+        stack_id = int(stack.column("stack_id")[0].as_py())
+        with self._writer() as con:
+            held = con.execute(f"SELECT count(*) FROM {CATALOG}.stacks WHERE stack_id = {stack_id}").fetchone()[0]
+            if held and not replace:
+                return None
+            if sources.num_rows:
+                object_id, separation = self._nearest_objects(con, sources.column("ra").to_numpy(), sources.column("dec").to_numpy(), f"SELECT object_id, ra, dec, healpix_partition FROM {CATALOG}.objects")
+                sources = sources.set_column(sources.column_names.index("object_id"), "object_id", pa.array(object_id, pa.int64()))
+                sources = sources.set_column(sources.column_names.index("separation_arcsec"), "separation_arcsec", pa.array(separation, pa.float32()))
+            with _transaction(con):
+                if held:
+                    for name in ("stacks", "stack_sources"):
+                        con.execute(f"DELETE FROM {CATALOG}.{name} WHERE stack_id = {stack_id}")
+                con.register("new_stack_row", stack)
+                con.register("new_stack_sources", sources)
+                self._insert_sorted(con, "stacks", "new_stack_row")
+                self._insert_sorted(con, "stack_sources", "new_stack_sources")
+                con.unregister("new_stack_row")
+                con.unregister("new_stack_sources")
+                con.execute(f"CALL {CATALOG}.set_commit_message('mstlake', ?)", [message])
+            return self._current_snapshot(con)
+
     def _most_files_per_partition(self) -> int:
         """The most data files any partition of any table is held in at the last snapshot."""
         tables = read_snapshot(self.paths.archive_catalogue, self.paths.archive_data).tables.values()
@@ -324,12 +360,21 @@ class Archive:
         existing = {row[0] for row in con.execute(f"SELECT table_name FROM duckdb_tables() WHERE database_name = '{CATALOG}'").fetchall()}
         for name, schema in self.schemas.items():
             if name in existing:
+                self._add_new_columns(con, name, schema)
                 continue
             con.execute(f"CREATE TABLE {CATALOG}.{name} ({schema.sql_columns()})")
             if name in PARTITIONED_TABLES:
                 con.execute(f"ALTER TABLE {CATALOG}.{name} SET PARTITIONED BY (healpix_partition)")
             if name == "object_index" and "objects" in existing:  # an archive from before the index
                 con.execute(f"INSERT INTO {CATALOG}.object_index SELECT object_id, _healpix_29, healpix_partition, ra, dec FROM {CATALOG}.objects ORDER BY object_id")
+
+    @staticmethod
+    def _add_new_columns(con: duckdb.DuckDBPyConnection, name: str, schema) -> None:
+        """Columns a newer schema adds to a table an older mstlake created (null in its old rows)."""
+        held = {row[0] for row in con.execute(f"SELECT column_name FROM duckdb_columns() WHERE database_name = '{CATALOG}' AND table_name = '{name}'").fetchall()}
+        for column in schema.columns:
+            if column.name not in held:
+                con.execute(f'ALTER TABLE {CATALOG}.{name} ADD COLUMN "{column.name}" {column.sql_type}')
 
     @staticmethod
     def _frames_held(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> set[int]:
@@ -364,6 +409,18 @@ class Archive:
         con.execute("DROP TABLE sorted_rows")
         return inserted
 
+    def _nearest_objects(self, con: duckdb.DuckDBPyConnection, ra: np.ndarray, dec: np.ndarray, objects_sql: str) -> tuple[np.ndarray, np.ndarray]:
+        """(object_id, separation in arcsec) of the nearest object within the association radius
+        of each position, -1 and NaN when none; objects read from the positions' partitions and
+        their neighbours, so that a pixel edge does not hide the nearest."""
+        from mstlake.lake import associate  # scipy: writers only
+
+        order = self.cfg.partition_order
+        around = healpix.pixels_with_neighbours(healpix.parent_pixel(healpix.spatial_index(ra, dec), order), order)
+        known = con.execute(f"SELECT object_id, ra, dec FROM ({objects_sql}) WHERE list_contains(?, healpix_partition)", [around.tolist()]).fetch_arrow_table()
+        nearest, separation = associate.nearest_within(ra, dec, known.column("ra").to_numpy(), known.column("dec").to_numpy(), self.cfg.association_radius_arcsec)
+        return np.where(nearest >= 0, known.column("object_id").to_numpy()[np.maximum(nearest, 0)], -1), separation
+
     def _stage_objects(self, con: duckdb.DuckDBPyConnection, library: pa.Table | None, *, has_sources: bool) -> int:
         """Fill the temporary table ``staged_objects`` with the objects this night creates (library
         stars of its forced photometry not yet known; new objects from detections that match
@@ -385,15 +442,8 @@ class Archive:
             return 0
         detections = con.execute("SELECT * FROM new_sources").fetch_arrow_table()
         ra, dec = detections.column("ra").to_numpy(), detections.column("dec").to_numpy()
-        order = self.cfg.partition_order
-        around = healpix.pixels_with_neighbours(healpix.parent_pixel(healpix.spatial_index(ra, dec), order), order)
-        known = con.execute(
-            f"SELECT object_id, ra, dec FROM (SELECT object_id, ra, dec, healpix_partition FROM {CATALOG}.objects UNION ALL SELECT object_id, ra, dec, healpix_partition FROM staged_objects) "
-            "WHERE list_contains(?, healpix_partition)", [around.tolist()]
-        ).fetch_arrow_table()
-        nearest, separation = associate.nearest_within(ra, dec, known.column("ra").to_numpy(), known.column("dec").to_numpy(), self.cfg.association_radius_arcsec)
-        object_id = np.where(nearest >= 0, known.column("object_id").to_numpy()[np.maximum(nearest, 0)], -1)
-        unmatched = np.flatnonzero(nearest < 0)
+        object_id, separation = self._nearest_objects(con, ra, dec, f"SELECT object_id, ra, dec, healpix_partition FROM {CATALOG}.objects UNION ALL SELECT object_id, ra, dec, healpix_partition FROM staged_objects")
+        unmatched = np.flatnonzero(object_id < 0)
         n_new = 0
         if unmatched.size:
             groups = associate.group_positions(ra[unmatched], dec[unmatched], self.cfg.association_radius_arcsec)

@@ -37,9 +37,11 @@ def quantise(image: np.ndarray, noise: float, fraction: float = QUANTISATION_FRA
     return out, float(step)
 
 
-def store_encoding(schema: CubeSchema, shape: tuple[int, ...]) -> dict:
+def store_encoding(schema: CubeSchema, shape: tuple[int, ...], *, shard_px: int | None = None) -> dict:
+    """Chunks of ``schema.chunk_px``; one shard per plane, or per ``shard_px`` square (a multiple
+    of the chunk) when tiles of the plane are written in parallel."""
     c = schema.chunk_px
-    spatial = tuple(-(-n // c) * c for n in shape[-2:])
+    spatial = tuple(-(-n // c) * c for n in shape[-2:]) if shard_px is None else (shard_px, shard_px)
     chunks = (1,) * (len(shape) - 2) + (c, c)
     shards = (1,) * (len(shape) - 2) + spatial
     codec = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")

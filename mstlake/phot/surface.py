@@ -44,6 +44,22 @@ class Surface:
     def __call__(self, x, y) -> np.ndarray:
         return poly_terms(x, y, self.centre, self.scale, self.degree) @ self.coefficients
 
+    @classmethod
+    def from_coefficients(cls, coefficients, shape: tuple[int, int]) -> Surface:
+        """A surface stored as its coefficients (fitted by ``fit_surface`` on a detector of ``shape``)."""
+        coefficients = np.asarray(coefficients, float)
+        degree = next(d for d in range(12) if n_terms(d) >= len(coefficients))
+        if n_terms(degree) != len(coefficients):
+            raise ValueError(f"{len(coefficients)} coefficients make no 2-D polynomial")
+        centre, scale = _geometry(shape)
+        return cls(coefficients, centre, scale, degree, float("nan"), 0, 0)
+
+
+def _geometry(shape: tuple[int, int]) -> tuple[tuple[float, float], float]:
+    """The centre and scale a detector's polynomial coordinates are normalised by."""
+    ny, nx = shape
+    return ((nx - 1) / 2, (ny - 1) / 2), max(nx, ny) / 2
+
 
 def fit_surface(x, y, value, *, shape: tuple[int, int], degree: int = 2, error=None, clip_sigma: float = 3.0, iterations: int = 10, floor: float = 0.0, select_degree: bool = False) -> Surface:
     """Least-squares polynomial of ``value`` over the detector (``shape`` = (ny, nx)), weighted by
@@ -55,8 +71,7 @@ def fit_surface(x, y, value, *, shape: tuple[int, int], degree: int = 2, error=N
     beaten by a higher one is kept, so a few dozen noisy points do not buy a surface whose
     noise at the frame's edge exceeds the variation it follows."""
     x, y, value = (np.asarray(a, float) for a in (x, y, value))
-    ny, nx = shape
-    centre, scale = ((nx - 1) / 2, (ny - 1) / 2), max(nx, ny) / 2
+    centre, scale = _geometry(shape)
     good = np.isfinite(value) & np.isfinite(x) & np.isfinite(y)
     sigma = np.ones_like(value) if error is None else np.sqrt(np.asarray(error, float) ** 2 + floor**2)
     good &= np.isfinite(sigma) & (sigma > 0)

@@ -34,7 +34,7 @@ from mstlake.paths import LakePaths
 
 # the lake's single-file tables, each a view when the file exists (frames.parquet is "inventory")
 PARQUET_TABLES = {"inventory": "frames", "quarantine": "quarantine", "calibration_log": "calibration_log", "astrometry": "astrometry", "photometry": "photometry"}
-ARCHIVE_VIEWS = ("frames", "sources", "forced", "objects", "object_index", "releases")
+ARCHIVE_VIEWS = ("frames", "sources", "forced", "objects", "object_index", "releases", "stacks", "stack_sources")
 
 
 def open_lake(path: str | Path, *, release: str | None = None) -> duckdb.DuckDBPyConnection:

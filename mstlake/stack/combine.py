@@ -18,16 +18,20 @@ class Stack:
     bad: np.ndarray  # bool: no frame entered
 
 
-def combine(images: np.ndarray, variances: np.ndarray, bad: np.ndarray, *, method: str = "mean", clip_sigma: float | None = 4.0, clip_amplitude_fraction: float = 0.3) -> Stack:
+def combine(images: np.ndarray, variances: np.ndarray, bad: np.ndarray, *, weights: np.ndarray | None = None, method: str = "mean", clip_sigma: float | None = 4.0, clip_amplitude_fraction: float = 0.3) -> Stack:
     """Combine ``images`` (N, ny, nx) with their ``variances`` and ``bad`` planes.
 
-    ``mean``: the inverse-variance weighted mean of the good values, after dropping isolated ones:
+    ``mean``: the weighted mean of the good values (``weights``: one per frame, or per pixel;
+    default the inverse variances), after dropping isolated ones:
     a value is dropped when it lies more than ``clip_sigma`` times the noise of the difference
     from both of its neighbours in value (with ``clip_amplitude_fraction`` of the neighbour's value
     added to that noise, as SWarp's CLIP_AMPFRAC does, so that a bright star's core, which
     changes with the seeing, is not clipped), given at least 3 good values. A cosmic ray or a
     satellite track that the masks missed, on one frame, is dropped; a transient on several
-    frames of a night agrees with itself and stays. ``clip_sigma=None``: no clipping.
+    frames of a night agrees with itself and stays. ``clip_sigma=None``: no clipping. The
+    variance is that of the weighted mean, sum(w^2 v) / (sum w)^2. Per-pixel inverse-variance
+    weights favour the frames where a star is faint (its own photon noise is in the variance):
+    give per-frame background weights to keep bright stars unbiased.
     ``median``: the median of the good values, with pi/2 times the mean's variance."""
     images = np.asarray(images, np.float64)
     variances = np.asarray(variances, np.float64)
@@ -44,11 +48,15 @@ def combine(images: np.ndarray, variances: np.ndarray, bad: np.ndarray, *, metho
         raise ValueError(f"combine method must be 'mean' or 'median', not {method!r}")
     if clip_sigma:
         usable &= ~isolated_values(images, variances, usable, clip_sigma, clip_amplitude_fraction)
-    weight = np.where(usable, 1.0 / np.where(usable, variances, 1.0), 0.0)
+    if weights is None:
+        weights = 1.0 / np.where(usable, variances, 1.0)
+    elif np.ndim(weights) == 1:  # one per frame
+        weights = np.asarray(weights, np.float64).reshape(-1, *([1] * (images.ndim - 1)))
+    weight = np.where(usable, weights, 0.0)
     total = weight.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         image = (weight * np.where(usable, images, 0.0)).sum(axis=0) / total
-        variance = 1.0 / total
+        variance = (weight**2 * np.where(usable, variances, 0.0)).sum(axis=0) / total**2
     return _stack(image, variance, usable.sum(axis=0))
 
 
@@ -81,16 +89,28 @@ def _stack(image: np.ndarray, variance: np.ndarray, count: np.ndarray) -> Stack:
     return Stack(np.where(empty, np.nan, image).astype(np.float32), np.where(empty, np.nan, variance).astype(np.float32), count.astype(np.int16), empty)
 
 
-def stack_tile(frames, tile_wcs, tile_shape: tuple[int, int], *, method: str = "mean", clip_sigma: float | None = 4.0, clip_amplitude_fraction: float = 0.3) -> Stack:
-    """The stack of one tile: ``frames`` an iterable of (image, variance, mask, wcs), each resampled
-    onto the tile (``mstlake.stack.resample``) and combined; frames that miss the tile add nothing."""
-    images, variances, bad = [], [], []
-    for image, variance, mask, wcs in frames:
-        out = resample_frame(image, variance, mask, wcs, tile_wcs, tile_shape)
+def stack_tile(frames, tile_wcs, tile_shape: tuple[int, int], *, method: str = "mean", clip_sigma: float | None = 4.0, clip_amplitude_fraction: float = 0.3, resampling: str = "spline", combine_bytes: int = 256 * 2**20) -> Stack:
+    """The stack of one tile: ``frames`` an iterable of (image, variance, mask, wcs, typical
+    variance or None: see ``resample_frame``), each
+    resampled onto the tile (``mstlake.stack.resample``) and combined with the resampled
+    background weights (SWarp's WEIGHT_TYPE BACKGROUND: a bright star's own photon noise does not
+    pull its stacked flux down); frames that miss the tile add nothing. Held in memory: the
+    resampled frames (``BYTES_PER_PIXEL`` per pixel and frame); the combination goes in row
+    strips of about ``combine_bytes`` of temporaries."""
+    images, variances, bad, weights = [], [], [], []
+    for image, variance, mask, wcs, typical_variance in frames:
+        out = resample_frame(image, variance, mask, wcs, tile_wcs, tile_shape, method=resampling, typical_variance=typical_variance)
         if out.bad.all():
             continue
-        images.append(out.image), variances.append(out.variance), bad.append(out.bad)
+        images.append(out.image), variances.append(out.variance), bad.append(out.bad), weights.append(out.weight)
     if not images:
         nothing = np.full(tile_shape, np.nan)
         return _stack(nothing, nothing, np.zeros(tile_shape, int))
-    return combine(np.stack(images), np.stack(variances), np.stack(bad), method=method, clip_sigma=clip_sigma or None, clip_amplitude_fraction=clip_amplitude_fraction)
+    images, variances, bad, weights = np.stack(images), np.stack(variances), np.stack(bad), np.stack(weights)
+    rows = max(1, combine_bytes // (len(images) * tile_shape[1] * 8 * 10))  # ~10 float64 temporaries per value
+    strips = [combine(images[:, y : y + rows], variances[:, y : y + rows], bad[:, y : y + rows], weights=weights[:, y : y + rows], method=method, clip_sigma=clip_sigma or None, clip_amplitude_fraction=clip_amplitude_fraction)
+              for y in range(0, tile_shape[0], rows)]
+    return Stack(*(np.concatenate([getattr(s, name) for s in strips]) for name in ("image", "variance", "count", "bad")))
+
+
+BYTES_PER_PIXEL = 13  # a resampled frame held for combining: image, variance and weight (float32), bad (bool)

@@ -1,6 +1,9 @@
 """An image stack on disk: a Zarr v3 store (for xarray and Dask) and a FITS file (for DS9 and
-astropy), both carrying the grid's WCS and the list of frames that went in. Written beside and
-renamed into place, so a reader sees the previous stack or the complete new one."""
+astropy), both carrying the grid's WCS and the list of frames that went in.
+
+A stack is laid out empty in a staging store, its tiles are written into it (in parallel: one
+shard per tile, so no two writers share a file), and it is renamed into place; the FITS file is
+then written beside and renamed too. A reader sees the previous stack or the complete new one."""
 
 from __future__ import annotations
 
@@ -18,27 +21,51 @@ from mstlake.paths import LakePaths
 from mstlake.schemas import load_cube_schema
 from mstlake.stack.combine import Stack
 
-NO_DATA = 1  # mask bit
+NO_DATA = 1  # mask bit: no frame entered the pixel
 
 
-def write_stack(store: Path, fits_path: Path | None, stack: Stack, wcs: WCS, *, frame_ids, provenance: dict) -> None:
-    """Write ``stack`` (on the grid ``wcs``) to the Zarr ``store`` and, when given, ``fits_path``.
-    ``frame_ids``: the frames combined; ``provenance``: how (method, clipping, versions)."""
+def create_stack(staging: Path, shape: tuple[int, int], *, tile_px: int, wcs: WCS, frame_ids, provenance: dict) -> Path:
+    """Lay out an empty stack of ``shape`` on the grid ``wcs`` in ``staging``, in shards of
+    ``tile_px`` (a multiple of the schema's chunk); returns it."""
+    import dask.array as da
+
     schema = load_cube_schema("cube_stack")
-    planes = {"image": stack.image, "variance": stack.variance, "count": stack.count, "mask": np.where(stack.bad, NO_DATA, 0)}
-    shape = stack.image.shape
-    ds = xr.Dataset({v.name: (schema.dims, np.asarray(planes[v.name], dtype=v.dtype)) for v in schema.variables},
-                    attrs=store_attrs(schema, provenance) | {"wcs": wcs.to_header(relax=True).tostring(), "frame_ids": json.dumps([int(f) for f in frame_ids])})
+    if tile_px % schema.chunk_px:
+        raise ValueError(f"stack tiles ({tile_px} px) must be a multiple of the chunk ({schema.chunk_px} px)")
+    variables = {v.name: (schema.dims, da.zeros(shape, dtype=v.dtype, chunks=tile_px)) for v in schema.variables}
+    ds = xr.Dataset(variables, attrs=store_attrs(schema, provenance) | {"wcs": wcs.to_header(relax=True).tostring(), "frame_ids": json.dumps([int(f) for f in frame_ids])})
     for v in schema.variables:
         ds[v.name].attrs.update(units=v.unit, description=v.description)
-    staging = LakePaths.staging(store)
     if staging.exists():
         shutil.rmtree(staging)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, encoding=store_encoding(schema, shape))
+    ds.to_zarr(staging, mode="w", zarr_format=3, consolidated=False, encoding=store_encoding(schema, shape, shard_px=tile_px), compute=False)
+    return staging
+
+
+def write_stack_tile(staging: Path, y: slice, x: slice, stack: Stack) -> None:
+    """Write one tile's planes into the staged stack at rows ``y``, columns ``x``."""
+    dims = load_cube_schema("cube_stack").dims
+    planes = {"image": stack.image, "variance": stack.variance, "count": stack.count, "mask": np.where(stack.bad, NO_DATA, 0).astype(np.uint8)}
+    xr.Dataset({name: (dims, plane) for name, plane in planes.items()}).to_zarr(staging, region={"y": y, "x": x}, consolidated=False)
+
+
+def finish_stack(staging: Path, store: Path, fits_path: Path | None) -> None:
+    """Rename the staged stack into place and write its FITS file (when ``fits_path`` is given)."""
     commit(staging, store)
     if fits_path is not None:
-        _write_fits(fits_path, planes, wcs, frame_ids, provenance)
+        ds, wcs = open_stack(store)
+        _write_fits(fits_path, {name: ds[name].values for name in ("image", "variance", "count", "mask")}, wcs, json.loads(ds.attrs["frame_ids"]), json.loads(ds.attrs["provenance"]))
+
+
+def write_stack(store: Path, fits_path: Path | None, stack: Stack, wcs: WCS, *, frame_ids, provenance: dict) -> None:
+    """Write ``stack`` (on the grid ``wcs``) whole to the Zarr ``store`` and, when given, ``fits_path``.
+    ``frame_ids``: the frames combined; ``provenance``: how (method, clipping, versions)."""
+    chunk = load_cube_schema("cube_stack").chunk_px
+    tile_px = -(-max(stack.image.shape) // chunk) * chunk
+    staging = create_stack(LakePaths.staging(store), stack.image.shape, tile_px=tile_px, wcs=wcs, frame_ids=frame_ids, provenance=provenance)
+    write_stack_tile(staging, slice(None), slice(None), stack)
+    finish_stack(staging, store, fits_path)
 
 
 def _write_fits(path: Path, planes: dict, wcs: WCS, frame_ids, provenance: dict) -> None:

@@ -224,3 +224,150 @@ def test_a_later_run_measures_the_archives_new_objects_on_every_frame(solved_lak
     assert len(holding) >= 3 and set(forced.frame_id) == holding and forced.flux_err.gt(0).all()
     assert duckdb.sql(f"SELECT count(DISTINCT source_id) FROM '{copy.tables_dir}/forced_photometry/*/*/*.parquet' WHERE source_id >= {NEW_OBJECT_BASE}").fetchone()[0] == len(new)
     assert abs(np.median(forced.flux / forced.flux_err)) < 3  # nothing there
+
+
+# -- image stacks of the measured frames (issue 6) ------------------------------------------------
+
+
+def _stack_config(pipeline_config, **changes):
+    return dataclasses.replace(pipeline_config.stack, **({"scheduler": "synchronous"} | changes))
+
+
+def test_a_stack_keeps_star_fluxes_beats_one_frames_noise_and_is_measured_into_the_archive(solved_lake, instrument, pipeline_config):
+    import pyarrow.parquet as pq
+
+    from mstlake.lake.refcat import load_reference
+    from mstlake.pipeline.stack import FrameSelection, measure_stack, stack_field
+    from mstlake.query import open_lake
+    from mstlake.stack.store import open_stack
+
+    paths, lake, field, _ = solved_lake
+    photometry = read_table(lake.photometry_table, load_schema("photometry")).to_pandas()
+    clear_g = photometry[(photometry.band == "g") & (photometry.status == "calibrated") & ~photometry.cloudy]
+    result = stack_field(lake, field, "g", FrameSelection(), instrument=instrument, cfg=_stack_config(pipeline_config), progress=False)
+    assert sorted(result.frames.frame_id) == sorted(clear_g.frame_id) and len(result.frames) >= 2
+    ds, wcs = open_stack(result.store)
+    with fits.open(result.fits) as hdul:
+        assert list(hdul["FRAMES"].data["frame_id"]) == list(result.frames.frame_id)
+        assert np.allclose(WCS(hdul[0].header).wcs.crval, wcs.wcs.crval) and np.array_equal(np.isnan(hdul[0].data), np.isnan(ds["image"].values))
+    count = ds["count"].values
+    assert count.max() == len(result.frames) and (count >= len(result.frames) - 1).mean() > 0.3
+
+    reference = load_reference(field, lake, base=paths.raw).to_pandas()
+    measured = measure_stack(lake, result.store, reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive)
+    row = measured.stack.to_pylist()[0]
+    assert row["status"] == "calibrated" and abs(row["zero_point_mag"] - row["zero_point_ref_mag"]) < 0.03
+    # calibrated forced magnitudes of bright, isolated constant stars agree with the truth
+    stars = pq.read_table(paths.stars).to_pandas()
+    truth = dict(zip(stars.library_source_id, stars.mag_g, strict=True))
+    constant = set(stars.library_source_id[stars.variable_type == "constant"])
+    forced = measured.forced[(measured.forced.flag == 0) & measured.forced.source_id.isin(constant)]
+    bright = forced[forced.mag_inst_err < 0.01]
+    offset = bright.mag.values - bright.source_id.map(truth).values
+    assert len(bright) >= 15 and abs(np.median(offset)) < 0.02 and np.std(offset) < 0.03
+    # deeper than one frame by about 2.5 log10 sqrt(N)
+    single = pd_read_forced(lake, clear_g.frame_id.iloc[0])
+    single_depth = _depth(single.mag.values, single.flux.values / single.flux_err.values)
+    gain = 1.25 * np.log10(len(result.frames))
+    assert row["depth_5sigma_mag"] - single_depth > 0.7 * gain, (row["depth_5sigma_mag"], single_depth)
+    assert 0.9 < row["psf_fwhm_px"] / row["inputs_fwhm_px"] < 1.05
+    assert row["rms_x_mas"] < 250 and row["rms_y_mas"] < 250 and row["n_matched"] > 20
+
+    with open_lake(lake.root) as con:
+        held = con.execute("SELECT n_frames, n_sources FROM stacks").fetchall()
+        associated = con.execute("SELECT avg((object_id >= 0)::INT) FROM stack_sources").fetchone()[0]
+    assert held == [(len(result.frames), row["n_sources"])] and associated > 0.5
+    again = measure_stack(lake, result.store, reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive)
+    assert again.snapshot is None  # the same stack is held once
+    replaced = measure_stack(lake, result.store, reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, replace=True)
+    assert replaced.snapshot is not None
+    with open_lake(lake.root) as con:
+        assert con.execute("SELECT count(*) FROM stacks").fetchone()[0] == 1
+        assert con.execute("SELECT count(*) FROM stack_sources").fetchone()[0] == row["n_sources"]
+
+
+def pd_read_forced(lake, frame_id):
+    import pandas as pd
+
+    table = pd.concat([pd.read_parquet(p) for p in Path(lake.forced_dir).rglob("*.parquet")])
+    return table[table.frame_id == frame_id]
+
+
+def _depth(mag, snr):
+    from mstlake.pipeline.stack import depth_5sigma
+
+    return depth_5sigma(mag, snr)
+
+
+def test_tiles_stacked_in_worker_processes_join_without_a_seam(solved_lake, instrument, pipeline_config):
+    from mstlake.pipeline.stack import FrameSelection, stack_field
+    from mstlake.stack.store import open_stack
+
+    _, lake, field, _ = solved_lake
+    whole = stack_field(lake, field, "g", FrameSelection(), instrument=instrument, cfg=_stack_config(pipeline_config), name="whole", fits_file=False, progress=False)
+    tiled = stack_field(lake, field, "g", FrameSelection(), instrument=instrument, cfg=_stack_config(pipeline_config, tile_px=512, scheduler="processes"), name="tiled", fits_file=False, progress=False)
+    assert tiled.n_tiles > 1 and whole.n_tiles == 1
+    a, _ = open_stack(whole.store)
+    b, _ = open_stack(tiled.store)
+    # the tiles' WCS mappings come from their own nodes: equal to ~1e-5 px, not to the bit
+    noise = np.sqrt(a["variance"].values)
+    assert np.nanmax(np.abs(a["image"].values - b["image"].values) / noise) < 1e-2
+    assert np.array_equal(np.isnan(a["image"].values), np.isnan(b["image"].values))
+    assert (a["count"].values != b["count"].values).mean() < 1e-4 and np.array_equal(a["mask"].values, b["mask"].values)
+
+
+def test_a_track_and_cosmic_rays_the_masks_missed_stay_out_of_a_stack_and_a_transient_stays(solved_lake, instrument, pipeline_config):
+    """On real calibrated frames: a satellite track and cosmic rays added to one frame with no
+    mask bit (what calibration missed) are dropped by the clipping; a transient on two of the
+    frames is kept; a stack with no clipping shows the track."""
+    from mstlake.lake import cubes
+    from mstlake.pipeline.stack import FrameSelection, select_frames, stack_grid_for, typical_variance
+    from mstlake.stack.combine import stack_tile
+    from mstlake.stack.resample import subtract_sky
+
+    _, lake, field, _ = solved_lake
+    frames, _ = select_frames(lake, field.name, "g", FrameSelection())
+    grid = stack_grid_for(field, frames, pixel_scale_arcsec=instrument.detector.pixel_scale_arcsec, cfg=pipeline_config.stack)
+    zero_point_ref = float(np.median(frames.zero_point_mag))
+    inputs = []
+    for frame in frames.itertuples():
+        plane = cubes.open_store(Path(frame.store)).isel(frame=frame.index).load()
+        scale = 10 ** (0.4 * (zero_point_ref - frame.zero_point_mag))
+        inputs.append([subtract_sky(plane.image.values, plane["mask"].values) * scale, plane.variance.values * scale**2, plane.mask.values, WCS(fits.Header.fromstring(frame.wcs)), typical_variance(Path(frame.store), frame.index) * scale**2])
+    rng = np.random.default_rng(2)
+    # the transient and the artefacts, placed in grid pixels away from the edges and mapped into each frame
+    transient_xy = np.array([grid.shape[1] * 0.4, grid.shape[0] * 0.55])
+    track_x = np.arange(int(grid.shape[1] * 0.2), int(grid.shape[1] * 0.8))
+    track_y = (grid.shape[0] * 0.3 + 0.2 * (track_x - track_x[0])).astype(int)
+    cosmic_x, cosmic_y = rng.integers(60, grid.shape[1] - 60, 30), rng.integers(60, grid.shape[0] - 60, 30)
+    clean = stack_tile([tuple(i) for i in inputs], grid.wcs, grid.shape)
+    noise = float(np.sqrt(np.nanmedian(clean.variance)))
+    for k, (image, _, _, wcs, _) in enumerate(inputs):
+        frame_x, frame_y = wcs.world_to_pixel_values(*grid.wcs.pixel_to_world_values(*transient_xy))
+        if k < 2:
+            yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+            image += 3e4 * np.exp(-((xx - frame_x) ** 2 + (yy - frame_y) ** 2) / (2 * 1.3**2)) / (2 * np.pi * 1.3**2)
+        if k == 0:
+            for gx, gy, amplitude in ((track_x, track_y, 40 * noise), (cosmic_x, cosmic_y, 200 * noise)):
+                fx, fy = (np.round(v).astype(int) for v in wcs.world_to_pixel_values(*grid.wcs.pixel_to_world_values(gx, gy)))
+                inside = (fx >= 0) & (fx < image.shape[1]) & (fy >= 0) & (fy < image.shape[0])
+                image[fy[inside], fx[inside]] += amplitude
+    stacked = stack_tile([tuple(i) for i in inputs], grid.wcs, grid.shape)
+    naive = stack_tile([tuple(i) for i in inputs], grid.wcs, grid.shape, clip_sigma=None)
+    near_track = np.zeros(grid.shape, bool)
+    for dy in (-1, 0, 1):
+        near_track[track_y + dy, track_x] = True
+    near_cosmic = np.zeros(grid.shape, bool)
+    near_cosmic[cosmic_y, cosmic_x] = True
+    for where, name in ((near_track, "track"), (near_cosmic, "cosmic rays")):
+        use = where & (clean.count == len(inputs)) & (stacked.count >= 2)
+        assert use.sum() > 20, name
+        excess_naive, excess = np.sum((naive.image - clean.image)[use]), np.sum((stacked.image - clean.image)[use])
+        assert excess_naive > 2 * noise * use.sum(), name  # they were there
+        # what stays is what no clipping can tell from noise: the faint edges of the resampled line
+        assert abs(excess) < 0.1 * excess_naive, (name, excess / excess_naive)
+        assert (np.abs(stacked.image - clean.image)[use] > 6 * noise).mean() < 0.01, name
+    yy, xx = np.mgrid[: grid.shape[0], : grid.shape[1]]
+    aperture = np.hypot(xx - transient_xy[0], yy - transient_xy[1]) < 6
+    kept = np.nansum((stacked.image - clean.image)[aperture])
+    assert 0.6 * 3e4 < kept < 1.05 * 3e4  # two of three frames: 2/3 of its flux in the mean, or all of it where the third was dropped

@@ -1,0 +1,212 @@
+"""Image stacks against simulator truth (issue 6): depth, S/N, photometry, astrometry and PSF
+width for N = 1, 2, 4, ..., 64 stacked frames.
+
+    # the 416-frame g-band run of benchmarks/catalog_stack.py (26 nights x 16 frames, 1/10 scale)
+    python benchmarks/stack_depth.py --lake /tmp/stack400/lake --raw /tmp/stack400/raw/f02
+
+For each N, the first N clear frames in time (so N = 64 spans four nights) are stacked with
+``mstlake.pipeline.stack.stack_field`` and measured with ``measure_stack`` (not committed). Figures:
+
+* 5-sigma depth of the stack's forced PSF photometry of library stars, against the median depth
+  of its input frames (each from its own forced photometry, the same fit): the gain, next to
+  1.25 log10 N (equal frames) and to the gain optimal weighting would reach on these very frames
+  (1.25 log10 sum 10^(0.8 (depth_i - depth_median)): frames differ in sky, seeing, transparency);
+  both as the errors claim (S/N = 5 from flux / flux_err) and as the truth shows (five times the
+  robust scatter of flux - true flux of faint stars), with the faint stars' error chi (their
+  scatter about the truth over their claimed errors: 1 when the errors are right);
+* S/N of each star in the stack over its S/N in the N = 1 stack, median per star, against sqrt(N)
+  (background-limited stars, 5 < S/N(1) < 30);
+* median magnitude error per 1-mag bin of true magnitude;
+* calibrated magnitude minus truth for bright constant stars (median and robust scatter);
+* astrometry against true positions, S/N > 100 clean detections: through the stack's grid WCS
+  (no refit: the registration of the inputs) and through the stack's refitted WCS, against the
+  single frames' own residuals (their sources' positions);
+* PSF FWHM of the stack against the FWHM of the weighted mean of Gaussian profiles of the inputs'
+  FWHMs (what perfect registration and resampling give); for N = 1 against the frame's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from mstlake import config as cfg
+from mstlake.paths import LakePaths, SimulationPaths
+from mstlake.pipeline.stack import FrameSelection, depth_5sigma, measure_stack, select_frames, stack_field, typical_variance
+
+SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def robust_sigma(values) -> float:
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return float(1.4826 * np.median(np.abs(values - np.median(values)))) if values.size else float("nan")
+
+
+def mixture_fwhm(fwhms, weights) -> float:
+    """FWHM of the weighted mean of unit-flux circular Gaussians of these FWHMs."""
+    r = np.linspace(0, 10 * max(fwhms), 20001)
+    sigma = np.asarray(fwhms) / 2.3548
+    profile = np.sum(np.asarray(weights)[:, None] / (2 * np.pi * sigma[:, None] ** 2) * np.exp(-(r**2) / (2 * sigma[:, None] ** 2)), axis=0)
+    return float(2 * r[np.argmax(profile < profile[0] / 2)])
+
+
+def empirical_depth(flux, zero_point, true_mag, *, faint_snr: tuple[float, float] = (2.0, 30.0)) -> float:
+    """The 5-sigma depth the truth shows: the robust scatter of (flux - true flux) over stars
+    that the sky's noise dominates (true S/N in ``faint_snr``), turned into the magnitude whose
+    flux is five times it. Independent of any error the photometry claims."""
+    flux, zero_point, true_mag = (np.asarray(a, float) for a in (flux, zero_point, true_mag))
+    true_flux = 10 ** (-0.4 * (true_mag - zero_point))
+    good = np.isfinite(flux) & np.isfinite(true_flux)
+    sigma = robust_sigma((flux - true_flux)[good])
+    for _ in range(3):  # the stars the sky's noise dominates, at the scatter found so far
+        faint = good & (true_flux / sigma > faint_snr[0]) & (true_flux / sigma < faint_snr[1])
+        sigma = robust_sigma((flux - true_flux)[faint])
+    return float(np.median(zero_point[good]) - 2.5 * np.log10(5 * sigma))
+
+
+def isolated(truth: pd.DataFrame, everything: pd.DataFrame, mag_column: str, *, radius_arcsec: float = 6.0, contrast_mag: float = 4.0) -> pd.DataFrame:
+    """The stars of ``truth`` with no star within ``radius_arcsec`` brighter than their magnitude +
+    ``contrast_mag`` (a neighbour that a stack detects shifts the centroid of a blend)."""
+    from scipy.spatial import cKDTree
+
+    from mstlake.lake.associate import unit_vectors
+
+    tree = cKDTree(unit_vectors(everything.ra.values, everything.dec.values))
+    chord = 2 * np.sin(np.radians(radius_arcsec / 3600) / 2)
+    keep = []
+    for i, near in enumerate(tree.query_ball_point(unit_vectors(truth.ra.values, truth.dec.values), chord)):
+        mags = everything[mag_column].values[near]
+        keep.append(int(np.sum(mags < truth[mag_column].values[i] + contrast_mag)) <= 1)
+    return truth[np.array(keep, bool)]
+
+
+def frame_forced(lake: LakePaths, frame_ids) -> pd.DataFrame:
+    wanted = set(int(f) for f in frame_ids)
+    parts = [pq.read_table(p, filters=[("frame_id", "in", list(wanted))]).to_pandas() for p in sorted(Path(lake.forced_dir).rglob("*.parquet"))]
+    return pd.concat([p for p in parts if len(p)], ignore_index=True)
+
+
+def frame_sources(lake: LakePaths, frame_ids) -> pd.DataFrame:
+    wanted = list(set(int(f) for f in frame_ids))
+    parts = [pq.read_table(p, filters=[("frame_id", "in", wanted)]).to_pandas() for p in sorted(Path(lake.sources_dir).rglob("*.parquet"))]
+    return pd.concat([p for p in parts if len(p)], ignore_index=True)
+
+
+def astrometric_residuals(ra, dec, truth: pd.DataFrame) -> tuple[float, float, int]:
+    from mstlake.lake.associate import nearest_within
+
+    nearest, _ = nearest_within(ra, dec, truth.ra.values, truth.dec.values, 1.0)
+    hit = nearest >= 0
+    if hit.sum() < 5:
+        return float("nan"), float("nan"), int(hit.sum())
+    d_ra = (np.asarray(ra)[hit] - truth.ra.values[nearest[hit]]) * np.cos(np.radians(truth.dec.values[nearest[hit]])) * 3.6e6
+    d_dec = (np.asarray(dec)[hit] - truth.dec.values[nearest[hit]]) * 3.6e6
+    return float(np.sqrt(np.mean(d_ra**2))), float(np.sqrt(np.mean(d_dec**2))), int(hit.sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lake", type=Path, required=True)
+    parser.add_argument("--raw", type=Path, required=True, help="the simulation's raw directory (its truth beside it)")
+    parser.add_argument("--band", default="g")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stack_depth.json")
+    args = parser.parse_args()
+
+    lake, truth_paths = LakePaths(args.lake), SimulationPaths.beside(args.raw)
+    pipeline, instrument, field = cfg.load_pipeline(), cfg.load_instrument(), cfg.load_field("f02")
+    stack_cfg = pipeline.stack
+    reference = pd.read_parquet(lake.reference_catalogue(field.name))
+    stars = pq.read_table(truth_paths.stars).to_pandas()
+    mag_column = f"mag_{args.band}"
+    true_mag = dict(zip(stars.library_source_id, stars[mag_column], strict=True))
+    constant = set(stars.library_source_id[(stars.variable_type == "constant") & stars.in_library])
+    bright_truth = isolated(stars[stars[mag_column] < 17.5], stars, mag_column)
+    all_frames, _ = select_frames(lake, field.name, args.band, FrameSelection())
+    results, snr_one = [], None
+    for n in (int(s) for s in args.sizes.split(",")):
+        started = time.perf_counter()
+        made = stack_field(lake, field, args.band, FrameSelection(first_n=n), instrument=instrument, cfg=stack_cfg, name=f"bench-n{n}", fits_file=False, progress=False)
+        stack_seconds = time.perf_counter() - started
+        measured = measure_stack(lake, made.store, reference, instrument=instrument, astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, commit=False)
+        row = measured.stack.to_pylist()[0]
+        inputs = all_frames.set_index("frame_id").loc[made.frames.frame_id]
+
+        # depth: the stack's against its inputs' (each from its own forced photometry)
+        forced_inputs = frame_forced(lake, made.frames.frame_id)
+        input_depths = np.array([depth_5sigma(g.mag.values, (g.flux / g.flux_err).values) or np.nan for _, g in forced_inputs.groupby("frame_id")])
+        median_depth = float(np.nanmedian(input_depths))
+        optimal_gain = float(1.25 * np.log10(np.nansum(10 ** (0.8 * (input_depths - median_depth)))))
+        forced_inputs = forced_inputs.assign(true=forced_inputs.source_id.map(true_mag))
+        forced_inputs = forced_inputs[forced_inputs.source_id.isin(constant) & (forced_inputs.flag == 0)]
+        input_true_depths = np.array([empirical_depth(g.flux, g.zero_point, g.true) for _, g in forced_inputs.groupby("frame_id")])
+        median_true_depth = float(np.nanmedian(input_true_depths))
+        optimal_true_gain = float(1.25 * np.log10(np.nansum(10 ** (0.8 * (input_true_depths - median_true_depth)))))
+
+        f = measured.forced.assign(snr=measured.forced.flux / measured.forced.flux_err, true=measured.forced.source_id.map(true_mag))
+        f = f[f.source_id.isin(constant) & (f.flag == 0)]
+        by_star = f.set_index("source_id").snr
+        if n == 1:
+            snr_one = by_star
+        common = by_star.index.intersection(snr_one.index[(snr_one > 5) & (snr_one < 30)]) if snr_one is not None else []
+        snr_gain = float(np.median(by_star.loc[common] / snr_one.loc[common])) if len(common) else float("nan")
+
+        errors = {}
+        for low in range(12, 22):
+            in_bin = f[(f.true >= low) & (f.true < low + 1)]
+            if len(in_bin) >= 5:
+                errors[f"{low}-{low + 1}"] = float(np.median(in_bin.mag_inst_err))
+        local_zp = (f.mag - f.mag_inst).where(np.isfinite(f.mag - f.mag_inst), float(np.nanmedian(f.mag - f.mag_inst)))
+        true_depth = empirical_depth(f.flux, local_zp, f.true)
+        faint = (f.snr > 3) & (f.snr < 30) & np.isfinite(f.mag)
+        off = float(np.nanmedian((f.mag - f.true)[f.snr > 50]))
+        chi = robust_sigma(((f.mag - f.true - off) / f.mag_inst_err)[faint])
+        bright = f[(f.mag_inst_err < 0.01) & np.isfinite(f.mag)]
+        offset = (bright.mag - bright.true).values
+
+        # astrometry against truth: grid WCS (registration), refitted WCS, and the inputs' own
+        from astropy.io import fits
+        from astropy.wcs import WCS
+
+        grid_wcs = WCS(fits.Header.fromstring(row["wcs_header"]))
+        s = measured.sources.to_pandas()
+        clean = s[(s.flag == 0) & (s.snr > 100)]
+        grid_ra, grid_dec = grid_wcs.pixel_to_world_values(clean.x.values, clean.y.values)
+        registration = astrometric_residuals(grid_ra, grid_dec, bright_truth)
+        refitted = astrometric_residuals(clean.ra.values, clean.dec.values, bright_truth)
+        singles = frame_sources(lake, made.frames.frame_id)
+        singles = singles[(singles.flag == 0) & (singles.snr > 100)]
+        single = [astrometric_residuals(g.ra.values, g.dec.values, bright_truth) for _, g in singles.groupby("frame_id")]
+
+        weights = [1 / typical_variance(Path(r.store), int(r.index)) / 10 ** (0.8 * (float(np.median(inputs.zero_point_mag)) - r.zero_point_mag)) for r in inputs.itertuples()]
+        predicted_fwhm = mixture_fwhm(inputs.psf_fwhm_px.values, weights)
+        result = {
+            "n": n, "frames": len(made.frames), "nights": int(inputs.night.nunique()), "grid": list(made.shape), "stack_s": round(stack_seconds, 1),
+            "depth_5sigma_mag": row["depth_5sigma_mag"], "inputs_median_depth_mag": median_depth, "depth_gain_mag": row["depth_5sigma_mag"] - median_depth,
+            "equal_frames_gain_mag": 1.25 * np.log10(n), "optimal_gain_mag": optimal_gain,
+            "true_depth_mag": true_depth, "inputs_median_true_depth_mag": median_true_depth, "true_depth_gain_mag": true_depth - median_true_depth, "optimal_true_gain_mag": optimal_true_gain,
+            "faint_error_chi": chi,
+            "snr_gain_over_n1": snr_gain, "snr_gain_over_sqrt_n": snr_gain / np.sqrt(n), "snr_stars": len(common),
+            "mag_err_by_true_mag": errors, "zero_point_mag": row["zero_point_mag"], "zero_point_ref_mag": row["zero_point_ref_mag"],
+            "bright_minus_truth_median_mag": float(np.median(offset)) if len(offset) else None, "bright_minus_truth_robust_sigma_mag": robust_sigma(offset), "bright_stars": len(offset),
+            "astrometry_grid_wcs_mas": registration, "astrometry_refitted_mas": refitted,
+            "astrometry_single_frames_median_mas": [float(np.nanmedian([a[0] for a in single])), float(np.nanmedian([a[1] for a in single]))],
+            "psf_fwhm_px": row["psf_fwhm_px"], "predicted_fwhm_px": predicted_fwhm, "fwhm_ratio": row["psf_fwhm_px"] / predicted_fwhm,
+            "inputs_fwhm_px": [float(v) for v in inputs.psf_fwhm_px.values] if n == 1 else None,
+        }
+        results.append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "mag_err_by_true_mag"}, default=float), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"lake": str(args.lake), "band": args.band, "results": results}, indent=1, default=float))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
