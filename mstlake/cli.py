@@ -41,8 +41,9 @@ def main() -> None:
     """mstlake: the data lake and light-curve archive of the Mini-SiTian (MST) survey.
 
     Raw FITS frames go in (never modified); calibrated image cubes, HEALPix-partitioned catalogues
-    and SQL light curves come out. Stages available now: simulate, inventory, calibration. Start
-    with `mstlake demo`.
+    and SQL light curves come out: simulate, inventory, ingest (calibration, astrometry,
+    photometry, the archive), stack, sql, lightcurve, release, compact, export-hats. Start with
+    `mstlake demo`.
     """
 
 
@@ -147,37 +148,51 @@ def stack(field_name, band, nights, first_n, include_cloudy, name, lake_dir, no_
     ePSF and aperture photometry, zero point, 5-sigma depth) into the archive's `stacks` and
     `stack_sources` tables (query them with `mstlake sql`).
     """
+    from mstlake.pipeline import stack as pipeline
+
+    try:
+        field_cfg = cfg.load_field(field_name, config_dir)
+    except (cfg.ConfigError, FileNotFoundError) as err:
+        _fail(str(err))
+    lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
+    try:
+        available = sorted({night for _, b, night, _ in lake.field_cubes(field_cfg.name) if b == band})
+        selection = pipeline.FrameSelection(nights=pipeline.parse_nights(nights, available), first_n=first_n, include_cloudy=include_cloudy)
+    except pipeline.StackError as err:
+        _fail(str(err))
+    _stack_and_measure(field_cfg, lake, band, selection, config_dir, name=name, measure=not no_measure, replace=force, reference_base=Path.cwd(), progress=not quiet)
+
+
+def _stack_and_measure(field_cfg, lake: LakePaths, band: str, selection, config_dir, *, name=None, measure: bool = True, replace: bool = False, reference_base: Path, progress: bool):
     from mstlake.lake.refcat import ReferenceCatalogueError, load_reference
     from mstlake.pipeline import stack as pipeline
 
     try:
-        field_cfg, instrument, pipeline_cfg = cfg.load_field(field_name, config_dir), cfg.load_instrument(config_dir), cfg.load_pipeline(config_dir)
+        instrument, pipeline_cfg = cfg.load_instrument(config_dir), cfg.load_pipeline(config_dir)
     except (cfg.ConfigError, FileNotFoundError) as err:
         _fail(str(err))
-    lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
     started = time.perf_counter()
     try:
-        available = sorted({night for _, b, night, _ in lake.field_cubes(field_cfg.name) if b == band})
-        selection = pipeline.FrameSelection(nights=pipeline.parse_nights(nights, available), first_n=first_n, include_cloudy=include_cloudy)
-        result = pipeline.stack_field(lake, field_cfg, band, selection, instrument=instrument, cfg=pipeline_cfg.stack, name=name, progress=not quiet)
+        result = pipeline.stack_field(lake, field_cfg, band, selection, instrument=instrument, cfg=pipeline_cfg.stack, name=name, progress=progress)
     except pipeline.StackError as err:
         _fail(str(err))
     left_out = ", ".join(f"{n} {reason}" for reason, n in sorted(result.left_out.items())) or "none"
-    console.print(f"stack [bold]{result.name}[/]: {len(result.frames)} frames ({selection.describe()}; left out: {left_out}) on a {result.shape[1]}x{result.shape[0]} grid "
+    console.print(f"stack [bold]{band} {result.name}[/]: {len(result.frames)} frames ({selection.describe()}; left out: {left_out}) on a {result.shape[1]}x{result.shape[0]} grid "
                   f"in {result.n_tiles} tiles of {result.tile_px} px, {time.perf_counter() - started:.1f} s\n[cyan]{result.store}[/]\n[cyan]{result.fits}[/]")
-    if no_measure:
-        return
+    if not measure:
+        return result
     try:
-        reference = load_reference(field_cfg, lake, base=Path.cwd())
+        reference = load_reference(field_cfg, lake, base=reference_base)
     except ReferenceCatalogueError as err:
         _fail(f"the stack is made but cannot be measured: {err}")
-    measured = pipeline.measure_stack(lake, result.store, reference.to_pandas(), instrument=instrument, astrometry_cfg=pipeline_cfg.astrometry, photometry_cfg=pipeline_cfg.photometry, archive_cfg=pipeline_cfg.archive, replace=force)
+    measured = pipeline.measure_stack(lake, result.store, reference.to_pandas(), instrument=instrument, astrometry_cfg=pipeline_cfg.astrometry, photometry_cfg=pipeline_cfg.photometry, archive_cfg=pipeline_cfg.archive, replace=replace)
     row = measured.stack.to_pylist()[0]
     zp = "no zero point: " + str(row["reason"]) if row["zero_point_mag"] is None else f"zero point {row['zero_point_mag']:.3f} (rms {row['zero_point_rms_mag']:.3f}, {row['n_calibrators']} standards)"
     depth = "-" if row["depth_5sigma_mag"] is None else f"{row['depth_5sigma_mag']:.2f}"
     astrometry = "-" if row["rms_x_mas"] is None else f"{row['rms_x_mas']:.0f} / {row['rms_y_mas']:.0f} mas ({row['n_matched']} stars)"
     console.print(f"measured: {row['n_sources']} sources, {zp}, 5-sigma depth {depth} mag, PSF FWHM {row['psf_fwhm_px']:.2f} px (inputs {row['inputs_fwhm_px']:.2f}), astrometric check {astrometry}")
     console.print("deep catalogue " + ("already in the archive (use --force to replace it)" if measured.snapshot is None else f"in the archive, snapshot {measured.snapshot}: tables stacks and stack_sources"))
+    return result
 
 
 @main.command()
@@ -354,8 +369,8 @@ def demo(out_dir, seed, quiet):
     """Simulate a small f02 data set and run every stage that exists on it.
 
     Three telescopes (g, r, i), two nights, six science frames each at 1/10 detector scale, with
-    calibration frames and a handful of broken files; then `ingest --field f02` into a lake. Ends with
-    a short summary.
+    calibration frames and a handful of broken files; then `ingest --field f02` into a lake and
+    `stack` of each band's clear frames. Ends with a short summary.
     """
     from mstlake.pipeline.simulate import SimulationRequest
     from mstlake.pipeline.simulate import simulate as run
@@ -369,6 +384,11 @@ def demo(out_dir, seed, quiet):
     _print_simulation(summary, time.perf_counter() - started)
     console.rule("[bold]mstlake ingest --field f02")
     report = _ingest("f02", paths.simulation.raw, paths.lake.root, None, progress=not quiet, reference_base=paths.root)
+    from mstlake.pipeline.stack import FrameSelection
+
+    for band in ("g", "r", "i"):
+        console.rule(f"[bold]mstlake stack --field f02 --band {band}")
+        _stack_and_measure(field_cfg, paths.lake, band, FrameSelection(), None, reference_base=paths.root, progress=not quiet)
     console.rule("[bold]summary")
     console.print(
         f"{report.total_frames} frames in the lake at [cyan]{paths.lake.root}[/], {report.total_quarantined} files quarantined with reasons.\n"
@@ -376,6 +396,7 @@ def demo(out_dir, seed, quiet):
         f"Calibrated cubes (Zarr v3, open with xarray.open_zarr): [cyan]{paths.lake.root / 'cubes'}[/]; masters: [cyan]{paths.lake.root / 'masters'}[/].\n"
         f"Astrometric solutions (TAN-SIP FITS headers per frame): [cyan]{paths.lake.astrometry_table}[/]; zero points, PSF and apertures per frame: [cyan]{paths.lake.photometry_table}[/].\n"
         f"Detections and forced light-curve points per night: [cyan]{paths.lake.sources_dir}[/], [cyan]{paths.lake.forced_dir}[/].\n"
+        f"Image stacks of each band (Zarr and FITS): [cyan]{paths.lake.root / 'stacks'}[/]; their deep catalogues in the archive (mstlake sql --lake {paths.lake.root} \"SELECT * FROM stacks\").\n"
         f"Simulator truth: [cyan]{paths.simulation.truth}[/]."
     )
 

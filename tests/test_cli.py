@@ -28,11 +28,15 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     archive = Archive(LakePaths(tmp_path / "mstlake-demo/lake"), load_pipeline().archive)
     points = archive.reader().execute("SELECT count(*), count(DISTINCT frame_id) FROM lake.forced").fetchone()
     assert points[0] > 1000 and points[1] >= 30
+    stacks = archive.reader().execute("SELECT band, n_frames, status, depth_5sigma_mag FROM lake.stacks ORDER BY band").fetchall()
+    assert [row[0] for row in stacks] == ["g", "i", "r"] and all(row[1] >= 8 and row[2] == "calibrated" for row in stacks)
+    assert all((tmp_path / f"mstlake-demo/lake/stacks/f02/{band}").glob("*.fits") for band in "gri")
     # running it again is idempotent: same lake, no light-curve point twice
     again = CliRunner().invoke(main, ["demo", "--quiet"])
     assert again.exit_code == 0
     assert len(pq.read_table(tmp_path / "mstlake-demo/lake/tables/frames.parquet")) == len(frames)
     assert archive.reader().execute("SELECT count(*), count(DISTINCT frame_id) FROM lake.forced").fetchone() == points
+    assert archive.reader().execute("SELECT band, n_frames, status, depth_5sigma_mag FROM lake.stacks ORDER BY band").fetchall() == stacks
 
 
 def test_inventory_exit_codes(tmp_path):

@@ -172,11 +172,18 @@ def stack_field(lake: LakePaths, field_cfg: FieldConfig, band: str, selection: F
     frames, left_out = select_frames(lake, field_cfg.name, band, selection)
     grid = stack_grid_for(field_cfg, frames, pixel_scale_arcsec=instrument.detector.pixel_scale_arcsec, cfg=cfg)
     name = name or default_name(frames)
-    store = lake.stack(field_cfg.name, band, name)
-    fits_path = lake.stack_fits(field_cfg.name, band, name)
+    provenance = {"field": field_cfg.name, "band": band, "selection": selection.describe()}
+    stack_frames(frames, grid, lake.stack(field_cfg.name, band, name), lake.stack_fits(field_cfg.name, band, name) if fits_file else None, cfg=cfg, provenance=provenance, progress=progress)
+    return StackResult(name, lake.stack(field_cfg.name, band, name), lake.stack_fits(field_cfg.name, band, name), frames.drop(columns=["wcs", "zero_point"]), left_out, grid.shape, grid.tile_px, len(grid.tiles()))
+
+
+def stack_frames(frames: pd.DataFrame, grid: stack_grid.FieldGrid, store: Path, fits_path: Path | None, *, cfg: StackConfig, provenance: dict, progress: bool = True) -> None:
+    """The Dask graph: ``frames`` (one row each: frame_id, store, index, wcs, naxis1, naxis2,
+    zero_point coefficients, zero_point_mag, psf_fwhm_px, exptime, mjd, as ``select_frames``
+    gives them) stacked tile by tile on ``grid`` into ``store`` (and ``fits_path``)."""
     zero_point_ref = float(np.median(frames.zero_point_mag))
-    provenance = {
-        "mstlake_version": mstlake.__version__, "field": field_cfg.name, "band": band, "selection": selection.describe(), "frames": len(frames),
+    provenance = provenance | {
+        "mstlake_version": mstlake.__version__, "frames": len(frames),
         "zero_point_ref_mag": zero_point_ref, "inputs_fwhm_px": float(np.median(frames.psf_fwhm_px)), "exptime_s": float(frames.exptime.sum()),
         "mjd": [float(frames.mjd.min()), float(frames.mjd.mean()), float(frames.mjd.max())],
         "stack_config": {k: getattr(cfg, k) for k in ("method", "clip_sigma", "clip_amplitude_fraction", "resampling", "weight_by_seeing")}, "cubes": sorted(set(frames.store)),
@@ -190,10 +197,9 @@ def stack_field(lake: LakePaths, field_cfg: FieldConfig, band: str, selection: F
         record["typical_variance"] = typical_variance(Path(record["store"]), record["index"]) * float(broadening) ** 2
     tiles = grid.tiles()
     tasks = [dask.delayed(_tile_task)(str(staging), tile.y, tile.x, tile.wcs.to_header(relax=True).tostring(), tile.shape, records, zero_point_ref, cfg, dask_key_name=f"stack-tile-{tile.index[0]}-{tile.index[1]}") for tile in tiles]
-    with dask_progress(f"stacking {len(frames)} frames ({band}) on {len(tiles)} tiles", len(tasks), key_prefix="stack-tile-", enabled=progress):
+    with dask_progress(f"stacking {len(frames)} frames ({provenance.get('band', '')}) on {len(tiles)} tiles", len(tasks), key_prefix="stack-tile-", enabled=progress):
         dask.compute(*tasks, scheduler=cfg.scheduler, num_workers=cfg.workers)
-    finish_stack(staging, store, fits_path if fits_file else None)
-    return StackResult(name, store, fits_path, frames.drop(columns=["wcs", "zero_point"]), left_out, grid.shape, grid.tile_px, len(tiles))
+    finish_stack(staging, store, fits_path)
 
 
 def parse_nights(text: str | None, available: list[int]) -> tuple[int, ...]:
@@ -237,7 +243,7 @@ def default_name(frames: pd.DataFrame) -> str:
 def stack_identity(field: str, band: str, frame_ids, provenance: dict) -> int:
     """A stable int64 id of a stack's content: its field, band, input frames and how they were
     combined (measuring the same stack twice adds it to the archive once)."""
-    text = json.dumps({"field": field, "band": band, "frames": sorted(int(f) for f in frame_ids), "how": provenance.get("stack_config"), "zp": provenance.get("zero_point_ref_mag")}, sort_keys=True)
+    text = json.dumps({"field": field, "band": band, "frames": sorted(int(f) for f in frame_ids), "how": provenance.get("stack_config")}, sort_keys=True)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
 
@@ -287,7 +293,10 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     measured = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
     check = astrometric_check(wcs, measured.sources, near, match_radius_arcsec=1.0, pixel_scale_arcsec=instrument.detector.pixel_scale_arcsec)
     forced = measured.forced.assign(source_id=near.source_id.values[measured.forced.reference_index.values])
-    depth = depth_5sigma(forced.mag.values, forced.flux.values / forced.flux_err.values) if measured.zero_point is not None else None
+    # the depth of the area every frame (or nearly) covers: the grid's edges see fewer frames
+    full_depth = frames_at(count, forced.x.values, forced.y.values) >= FULL_DEPTH_FRACTION * count.max()
+    forced = forced.assign(full_depth=full_depth)
+    depth = depth_5sigma(forced.flux.values[full_depth], forced.flux_err.values[full_depth], measured.zero_point(forced.x.values[full_depth], forced.y.values[full_depth])) if measured.zero_point is not None else None
     stack_id = stack_identity(provenance["field"], band, frame_ids, provenance)
     centre = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
     index = int(healpix.spatial_index([float(centre[0])], [float(centre[1])])[0])
@@ -356,26 +365,39 @@ def noise_correlation(residual: np.ndarray, variance: np.ndarray, bad: np.ndarra
     return float(max(scatter / np.median(errors[usable]), 1.0))
 
 
-def depth_5sigma(mag: np.ndarray, snr: np.ndarray) -> float | None:
-    """The magnitude at which S/N = 5: log10(S/N) fitted linearly in magnitude over the stars
-    with 3 < S/N < 30 (where the background noise dominates and the relation is straight)."""
-    good = np.isfinite(mag) & np.isfinite(snr) & (snr > 3) & (snr < 30)
-    if good.sum() < 10:
+FULL_DEPTH_FRACTION = 0.9  # of the most frames any pixel has: the area a stack's depth is quoted for
+
+
+def frames_at(count: np.ndarray, x, y) -> np.ndarray:
+    """The number of frames combined at pixel positions (x, y) of a stack (0 off the grid)."""
+    ix, iy = np.round(np.asarray(x, float)).astype(int), np.round(np.asarray(y, float)).astype(int)
+    inside = (ix >= 0) & (ix < count.shape[1]) & (iy >= 0) & (iy < count.shape[0])
+    return np.where(inside, count[np.clip(iy, 0, count.shape[0] - 1), np.clip(ix, 0, count.shape[1] - 1)], 0)
+
+
+def depth_5sigma(flux: np.ndarray, flux_err: np.ndarray, zero_point: np.ndarray, *, faint_snr: float = 20.0) -> float | None:
+    """The magnitude of a point source its PSF photometry measures at S/N = 5: the median, over
+    the stars the sky's noise dominates (S/N < ``faint_snr``), of zero point - 2.5 log10(5 x flux
+    error). From the errors, not from the faint stars' measured magnitudes: those that pass an S/N
+    cut are the ones noise pushed up (a fit of S/N against measured magnitude comes out ~0.5 mag
+    too deep)."""
+    flux, flux_err, zero_point = (np.asarray(a, float) for a in (flux, flux_err, zero_point))
+    good = np.isfinite(flux) & np.isfinite(zero_point) & (flux_err > 0)
+    faint = good & (flux / np.where(flux_err > 0, flux_err, 1) < faint_snr)
+    use = faint if faint.sum() >= 10 else good
+    if use.sum() < 10:
         return None
-    slope, intercept = np.polyfit(mag[good], np.log10(snr[good]), 1)
-    return float((np.log10(5.0) - intercept) / slope) if slope < 0 else None
+    return float(np.median(zero_point[use] - 2.5 * np.log10(5 * flux_err[use])))
 
 
 def _deep_catalogue(measured, count: np.ndarray, stack_id: int, band: str, mjd: float, partition_order: int) -> pa.Table:
     s = measured.sources
     index = healpix.spatial_index(s.ra.values, s.dec.values)
-    iy = np.clip(np.round(s.y_best.values).astype(int), 0, count.shape[0] - 1)
-    ix = np.clip(np.round(s.x_best.values).astype(int), 0, count.shape[1] - 1)
     columns = {
         "_healpix_29": index, "healpix_partition": healpix.parent_pixel(index, partition_order).astype(np.int32), "stack_id": np.full(len(s), stack_id),
         "object_id": np.full(len(s), -1), "separation_arcsec": np.full(len(s), np.nan), "band": np.full(len(s), band), "mjd": np.full(len(s), mjd),
         "x": s.x_best, "y": s.y_best, "ra": s.ra, "dec": s.dec, "flux_psf": s.flux_psf, "flux_psf_err": s.flux_psf_err, "mag_psf": s.mag_psf, "mag_psf_err": s.mag_psf_inst_err,
         "mag_ap": s.mag_ap if "mag_ap" in s else np.full(len(s), np.nan), "mag_ap_err": s.mag_ap_best_err if "mag_ap_best_err" in s else np.full(len(s), np.nan),
-        "snr": s.snr, "fwhm": s.fwhm, "a": s.a, "b": s.b, "theta": s.theta, "n_frames": count[iy, ix], "flag": s.flag,
+        "snr": s.snr, "fwhm": s.fwhm, "a": s.a, "b": s.b, "theta": s.theta, "n_frames": frames_at(count, s.x_best.values, s.y_best.values), "flag": s.flag,
     }
     return load_schema("stack_sources").from_columns(columns)

@@ -267,7 +267,7 @@ def test_a_stack_keeps_star_fluxes_beats_one_frames_noise_and_is_measured_into_t
     assert len(bright) >= 15 and abs(np.median(offset)) < 0.02 and np.std(offset) < 0.03
     # deeper than one frame by about 2.5 log10 sqrt(N)
     single = pd_read_forced(lake, clear_g.frame_id.iloc[0])
-    single_depth = _depth(single.mag.values, single.flux.values / single.flux_err.values)
+    single_depth = _depth(single.flux.values, single.flux_err.values, single.zero_point.values)
     gain = 1.25 * np.log10(len(result.frames))
     assert row["depth_5sigma_mag"] - single_depth > 0.7 * gain, (row["depth_5sigma_mag"], single_depth)
     assert 0.9 < row["psf_fwhm_px"] / row["inputs_fwhm_px"] < 1.05
@@ -293,10 +293,10 @@ def pd_read_forced(lake, frame_id):
     return table[table.frame_id == frame_id]
 
 
-def _depth(mag, snr):
+def _depth(flux, flux_err, zero_point):
     from mstlake.pipeline.stack import depth_5sigma
 
-    return depth_5sigma(mag, snr)
+    return depth_5sigma(flux, flux_err, zero_point)
 
 
 def test_tiles_stacked_in_worker_processes_join_without_a_seam(solved_lake, instrument, pipeline_config):

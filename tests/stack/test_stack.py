@@ -218,3 +218,21 @@ def test_background_weights_leave_a_bright_stars_core_unbiased():
     background = combine(images, variances, bad, weights=np.full(n, 1 / sky_variance), clip_sigma=None).image[0, 0]
     assert abs(background / values.mean() - 1) < 1e-6
     assert inverse_variance / values.mean() - 1 < -0.02
+
+
+def test_the_noise_correlation_is_one_for_white_noise_and_measures_what_smoothing_hides():
+    from scipy.ndimage import gaussian_filter
+
+    from mstlake.pipeline.stack import noise_correlation
+
+    rng = np.random.default_rng(4)
+    white = rng.normal(0, 3.0, (600, 600))
+    bad = np.zeros(white.shape, bool)
+    no_sources = np.empty((0, 2))
+    assert abs(noise_correlation(white, np.full(white.shape, 9.0), bad, radius_px=3.0, sources_xy=no_sources, avoid_px=0) - 1) < 0.05
+    smooth = gaussian_filter(white, 1.0)  # per-pixel rms falls; sums over 3 px keep most of theirs
+    per_pixel = np.full(white.shape, np.var(smooth))
+    sums = np.array([smooth[y - 3 : y + 4, x - 3 : x + 4][np.hypot(*np.mgrid[-3:4, -3:4]) <= 3].sum() for y, x in rng.integers(10, 590, (3000, 2))])
+    expected = np.std(sums) / np.sqrt(per_pixel[0, 0] * np.sum(np.hypot(*np.mgrid[-3:4, -3:4]) <= 3))
+    measured = noise_correlation(smooth, per_pixel, bad, radius_px=3.0, sources_xy=no_sources, avoid_px=0)
+    assert expected > 2 and abs(measured / expected - 1) < 0.1
