@@ -106,11 +106,16 @@ def stack_tile(frames, tile_wcs, tile_shape: tuple[int, int], *, method: str = "
     if not images:
         nothing = np.full(tile_shape, np.nan)
         return _stack(nothing, nothing, np.zeros(tile_shape, int))
-    images, variances, bad, weights = np.stack(images), np.stack(variances), np.stack(bad), np.stack(weights)
     rows = max(1, combine_bytes // (len(images) * tile_shape[1] * 8 * 10))  # ~10 float64 temporaries per value
-    strips = [combine(images[:, y : y + rows], variances[:, y : y + rows], bad[:, y : y + rows], weights=weights[:, y : y + rows], method=method, clip_sigma=clip_sigma or None, clip_amplitude_fraction=clip_amplitude_fraction)
-              for y in range(0, tile_shape[0], rows)]
+    strips = []
+    for y in range(0, tile_shape[0], rows):  # strip by strip: the frames are never copied whole into one array
+        part = slice(y, y + rows)
+        strips.append(combine(_strip(images, part), _strip(variances, part), _strip(bad, part), weights=_strip(weights, part), method=method, clip_sigma=clip_sigma or None, clip_amplitude_fraction=clip_amplitude_fraction))
     return Stack(*(np.concatenate([getattr(s, name) for s in strips]) for name in ("image", "variance", "count", "bad")))
+
+
+def _strip(planes: list[np.ndarray], rows: slice) -> np.ndarray:
+    return np.stack([plane[rows] for plane in planes])
 
 
 BYTES_PER_PIXEL = 13  # a resampled frame held for combining: image, variance and weight (float32), bad (bool)
