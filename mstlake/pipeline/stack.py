@@ -3,8 +3,7 @@ the field's grid, and their measurement into a deep catalogue in the archive.
 
 Frames are chosen from the lake's tables (solved and flux-calibrated; cloudy ones left out unless
 asked), each sky-subtracted and scaled to a common zero point through its own zero-point
-surface, resampled onto
-the tile through its TAN-SIP solution and combined (``mstlake.stack``). A tile task reads from each
+surface, resampled onto the tile through its TAN-SIP solution and combined (``mstlake.stack``). A tile task reads from each
 frame's cube only the pixels the tile needs and writes its own shard of the staged stack, so no
 task holds more than one tile's frames (tiles shrink as the number of frames grows) and the mosaic
 is never in memory. The staged store is renamed into place when every tile is written.
@@ -33,9 +32,10 @@ from mstlake.lake.tables import read_table
 from mstlake.paths import LakePaths
 from mstlake.phot.surface import Surface
 from mstlake.pipeline.progress import dask_progress
+from mstlake.raw.inventory import frame_id_from_sha256
 from mstlake.schemas import load_cube_schema, load_schema
 from mstlake.stack import grid as stack_grid
-from mstlake.stack.combine import BYTES_PER_PIXEL, stack_tile
+from mstlake.stack.combine import BYTES_PER_PIXEL, StackInput, stack_tile
 from mstlake.stack.resample import frame_region, sky_region, subtract_sky
 from mstlake.stack.store import create_stack, finish_stack, open_stack, write_stack_tile
 
@@ -72,7 +72,7 @@ def select_frames(lake: LakePaths, field: str, band: str, selection: FrameSelect
     """The frames of ``field`` and ``band`` to stack, in time order, with their cube (store, index),
     WCS, zero-point surface and PSF width; and the number left out for each reason."""
     rows = []
-    for cube_field, cube_band, night, store in lake.field_cubes(field):
+    for _, cube_band, night, store in lake.field_cubes(field):
         if cube_band != band or (selection.nights and night not in selection.nights):
             continue
         for index, frame_id in enumerate(cubes.open_store(store).frame_id.values):
@@ -129,9 +129,9 @@ def tile_size(n_frames: int, cfg: StackConfig) -> int:
     return int(min(cfg.tile_px, max(chunk, fits_in // chunk * chunk)))
 
 
-def _tile_task(staging: str, y: slice, x: slice, tile_header: str, tile_shape: tuple[int, int], frames: list[dict], zero_point_ref: float, cfg: StackConfig) -> int:
+def _tile_task(staging: str, y: slice, x: slice, tile_header: str, tile_shape: tuple[int, int], frames: list[dict], zero_point_ref: float, cfg: StackConfig) -> None:
     """Stack one tile from the frames that reach it (each read only where the tile needs it) into
-    its region of the staged store; returns how many frames reached it."""
+    its region of the staged store."""
     tile_wcs = WCS(fits.Header.fromstring(tile_header))
 
     def cutouts():
@@ -150,19 +150,10 @@ def _tile_task(staging: str, y: slice, x: slice, tile_header: str, tile_shape: t
             yy, xx = np.mgrid[ys, xs]
             surface = Surface.from_coefficients(frame["zero_point"], shape)
             scale = 10 ** (0.4 * (zero_point_ref - surface(xx.ravel().astype(float), yy.ravel().astype(float)).reshape(xx.shape)))
-            centre = 10 ** (0.4 * (zero_point_ref - float(surface(np.array([(shape[1] - 1) / 2]), np.array([(shape[0] - 1) / 2]))[0])))
-            yield image[inner] * scale, planes.variance.values[inner] * scale**2, planes["mask"].values[inner], wcs[ys, xs], frame["typical_variance"] * centre**2
+            yield StackInput(image[inner] * scale, planes.variance.values[inner] * scale**2, planes["mask"].values[inner], wcs[ys, xs], frame["typical_variance"], frame["weight"])
 
-    reached = []
-
-    def counted():
-        for item in cutouts():
-            reached.append(1)
-            yield item
-
-    stack = stack_tile(counted(), tile_wcs, tile_shape, method=cfg.method, clip_sigma=cfg.clip_sigma, clip_amplitude_fraction=cfg.clip_amplitude_fraction, resampling=cfg.resampling)
+    stack = stack_tile(cutouts(), tile_wcs, tile_shape, method=cfg.method, clip_sigma=cfg.clip_sigma, clip_amplitude_fraction=cfg.clip_amplitude_fraction, resampling=cfg.resampling)
     write_stack_tile(Path(staging), y, x, stack)
-    return len(reached)
 
 
 def stack_field(lake: LakePaths, field_cfg: FieldConfig, band: str, selection: FrameSelection, *, instrument: InstrumentConfig, cfg: StackConfig, name: str | None = None, fits_file: bool = True, progress: bool = True) -> StackResult:
@@ -172,15 +163,17 @@ def stack_field(lake: LakePaths, field_cfg: FieldConfig, band: str, selection: F
     frames, left_out = select_frames(lake, field_cfg.name, band, selection)
     grid = stack_grid_for(field_cfg, frames, pixel_scale_arcsec=instrument.detector.pixel_scale_arcsec, cfg=cfg)
     name = name or default_name(frames)
+    store, fits_path = lake.stack(field_cfg.name, band, name), lake.stack_fits(field_cfg.name, band, name)
     provenance = {"field": field_cfg.name, "band": band, "selection": selection.describe()}
-    stack_frames(frames, grid, lake.stack(field_cfg.name, band, name), lake.stack_fits(field_cfg.name, band, name) if fits_file else None, cfg=cfg, provenance=provenance, progress=progress)
-    return StackResult(name, lake.stack(field_cfg.name, band, name), lake.stack_fits(field_cfg.name, band, name), frames.drop(columns=["wcs", "zero_point"]), left_out, grid.shape, grid.tile_px, len(grid.tiles()))
+    n_tiles = stack_frames(frames, grid, store, fits_path if fits_file else None, cfg=cfg, provenance=provenance, progress=progress)
+    return StackResult(name, store, fits_path, frames.drop(columns=["wcs", "zero_point"]), left_out, grid.shape, grid.tile_px, n_tiles)
 
 
-def stack_frames(frames: pd.DataFrame, grid: stack_grid.FieldGrid, store: Path, fits_path: Path | None, *, cfg: StackConfig, provenance: dict, progress: bool = True) -> None:
+def stack_frames(frames: pd.DataFrame, grid: stack_grid.FieldGrid, store: Path, fits_path: Path | None, *, cfg: StackConfig, provenance: dict, progress: bool = True) -> int:
     """The Dask graph: ``frames`` (one row each: frame_id, store, index, wcs, naxis1, naxis2,
-    zero_point coefficients, zero_point_mag, psf_fwhm_px, exptime, mjd, as ``select_frames``
-    gives them) stacked tile by tile on ``grid`` into ``store`` (and ``fits_path``)."""
+    zero_point coefficients, zero_point_mag (at the centre), psf_fwhm_px, exptime, mjd, as
+    ``select_frames`` gives them) stacked tile by tile on ``grid`` into ``store`` (and
+    ``fits_path``). Returns the number of tiles."""
     zero_point_ref = float(np.median(frames.zero_point_mag))
     provenance = provenance | {
         "mstlake_version": mstlake.__version__, "frames": len(frames),
@@ -191,15 +184,18 @@ def stack_frames(frames: pd.DataFrame, grid: stack_grid.FieldGrid, store: Path, 
     }
     staging = create_stack(LakePaths.staging(store), grid.shape, tile_px=grid.tile_px, wcs=grid.wcs, frame_ids=frames.frame_id.tolist(), provenance=provenance)
     records = frames[["store", "index", "wcs", "naxis1", "naxis2", "zero_point"]].assign(zero_point=[list(map(float, z)) for z in frames.zero_point]).to_dict("records")
-    seeing = (frames.psf_fwhm_px / frames.psf_fwhm_px.median()).fillna(1.0).to_numpy() if cfg.weight_by_seeing else np.ones(len(frames))
-    for record, broadening in zip(records, seeing, strict=True):
-        # a frame's weight is the inverse of this (the point-source weight: variance x FWHM^2)
-        record["typical_variance"] = typical_variance(Path(record["store"]), record["index"]) * float(broadening) ** 2
+    # a faint point source's optimal weight: 1 / (background variance x FWHM^2)
+    seeing = (frames.psf_fwhm_px.median() / frames.psf_fwhm_px).fillna(1.0).to_numpy() ** 2 if cfg.weight_by_seeing else np.ones(len(frames))
+    for record, zero_point, weight in zip(records, frames.zero_point_mag, seeing, strict=True):
+        # the background variance at the common zero point (zero_point_mag is the surface's value at the centre)
+        record["typical_variance"] = typical_variance(Path(record["store"]), record["index"]) * 10 ** (0.8 * (zero_point_ref - float(zero_point)))
+        record["weight"] = float(weight)
     tiles = grid.tiles()
     tasks = [dask.delayed(_tile_task)(str(staging), tile.y, tile.x, tile.wcs.to_header(relax=True).tostring(), tile.shape, records, zero_point_ref, cfg, dask_key_name=f"stack-tile-{tile.index[0]}-{tile.index[1]}") for tile in tiles]
     with dask_progress(f"stacking {len(frames)} frames ({provenance.get('band', '')}) on {len(tiles)} tiles", len(tasks), key_prefix="stack-tile-", enabled=progress):
         dask.compute(*tasks, scheduler=cfg.scheduler, num_workers=cfg.workers)
     finish_stack(staging, store, fits_path)
+    return len(tiles)
 
 
 def parse_nights(text: str | None, available: list[int]) -> tuple[int, ...]:
@@ -244,7 +240,7 @@ def stack_identity(field: str, band: str, frame_ids, provenance: dict) -> int:
     """A stable int64 id of a stack's content: its field, band, input frames and how they were
     combined (measuring the same stack twice adds it to the archive once)."""
     text = json.dumps({"field": field, "band": band, "frames": sorted(int(f) for f in frame_ids), "how": provenance.get("stack_config")}, sort_keys=True)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+    return frame_id_from_sha256(hashlib.sha256(text.encode()).hexdigest())  # frames' ids are made the same way
 
 
 @dataclass(frozen=True)
@@ -323,8 +319,8 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
 
 def astrometric_check(wcs: WCS, sources: pd.DataFrame, reference: pd.DataFrame, *, match_radius_arcsec: float, pixel_scale_arcsec: float) -> tuple[float | None, float | None, int]:
     """Robust rms (1.4826 x median absolute offset, mas, along x and y) of clean, bright detections
-    about their reference stars projected
-    through the stack's grid WCS, which is not refitted: the stack is checked, not solved."""
+    about their reference stars projected through the stack's grid WCS, which is not refitted:
+    the stack is checked, not solved."""
     from mstlake.lake.associate import nearest_within
 
     clean = sources[(sources.flag == 0) & (sources.snr > 20)]

@@ -11,6 +11,18 @@ from mstlake.stack.resample import resample_frame
 
 
 @dataclass(frozen=True)
+class StackInput:
+    """One frame (or a cutout of it, its WCS sliced to match) to stack."""
+
+    image: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray  # non-zero: do not use (pepper-and-salt: use, with its variance)
+    wcs: object  # astropy WCS
+    typical_variance: float | None = None  # the whole frame's background variance (see resample_frame)
+    weight: float = 1.0  # beyond the background weight (e.g. 1/FWHM^2 for point sources)
+
+
+@dataclass(frozen=True)
 class Stack:
     image: np.ndarray  # float32, the combined flux per pixel (NaN where no frame counts)
     variance: np.ndarray  # float32, its variance
@@ -90,19 +102,18 @@ def _stack(image: np.ndarray, variance: np.ndarray, count: np.ndarray) -> Stack:
 
 
 def stack_tile(frames, tile_wcs, tile_shape: tuple[int, int], *, method: str = "mean", clip_sigma: float | None = 4.0, clip_amplitude_fraction: float = 0.3, resampling: str = "spline", combine_bytes: int = 256 * 2**20) -> Stack:
-    """The stack of one tile: ``frames`` an iterable of (image, variance, mask, wcs, typical
-    variance or None: see ``resample_frame``), each
-    resampled onto the tile (``mstlake.stack.resample``) and combined with the resampled
-    background weights (SWarp's WEIGHT_TYPE BACKGROUND: a bright star's own photon noise does not
-    pull its stacked flux down); frames that miss the tile add nothing. Held in memory: the
+    """The stack of one tile: ``frames`` an iterable of ``StackInput``, each resampled onto the
+    tile (``mstlake.stack.resample``) and combined with the resampled background weights (SWarp's
+    WEIGHT_TYPE BACKGROUND: a bright star's own photon noise does not pull its stacked flux down)
+    times the frame's own ``weight``; frames that miss the tile add nothing. Held in memory: the
     resampled frames (``BYTES_PER_PIXEL`` per pixel and frame); the combination goes in row
     strips of about ``combine_bytes`` of temporaries."""
     images, variances, bad, weights = [], [], [], []
-    for image, variance, mask, wcs, typical_variance in frames:
-        out = resample_frame(image, variance, mask, wcs, tile_wcs, tile_shape, method=resampling, typical_variance=typical_variance)
+    for frame in frames:
+        out = resample_frame(frame.image, frame.variance, frame.mask, frame.wcs, tile_wcs, tile_shape, method=resampling, typical_variance=frame.typical_variance)
         if out.bad.all():
             continue
-        images.append(out.image), variances.append(out.variance), bad.append(out.bad), weights.append(out.weight)
+        images.append(out.image), variances.append(out.variance), bad.append(out.bad), weights.append(out.weight * np.float32(frame.weight))
     if not images:
         nothing = np.full(tile_shape, np.nan)
         return _stack(nothing, nothing, np.zeros(tile_shape, int))

@@ -150,7 +150,7 @@ def fill_masked(image: np.ndarray, bad: np.ndarray) -> np.ndarray:
     return np.where(bad, local, image)
 
 
-def background_variance(variance: np.ndarray, bad: np.ndarray, noisy: np.ndarray, typical: float | None = None) -> np.ndarray:
+def sky_variance(variance: np.ndarray, bad: np.ndarray, noisy: np.ndarray, typical: float | None = None) -> np.ndarray:
     """The variance a pixel would have without any star: ``typical`` (default: the median of the
     good pixels'), except at ``noisy`` (pepper-and-salt) pixels, which keep their own."""
     if typical is None:
@@ -170,7 +170,7 @@ def resample_frame(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, fr
     variance = np.asarray(variance, np.float64)
     mask = np.asarray(mask)
     bad_in = ((mask & ~np.asarray(ignore_bits, mask.dtype)) != 0) | ~np.isfinite(image) | ~np.isfinite(variance) | (variance <= 0)
-    weight_variance = background_variance(variance, bad_in, (mask & ignore_bits) != 0, typical_variance)
+    weight_variance = sky_variance(variance, bad_in, (mask & ignore_bits) != 0, typical_variance)
     if method == "adaptive":
         return _resample_adaptive(image, variance, weight_variance, bad_in, frame_wcs, tile_wcs, tile_shape)
     from scipy.ndimage import binary_dilation, map_coordinates, spline_filter

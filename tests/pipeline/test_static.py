@@ -322,7 +322,7 @@ def test_a_track_and_cosmic_rays_the_masks_missed_stay_out_of_a_stack_and_a_tran
     frames is kept; a stack with no clipping shows the track."""
     from mstlake.lake import cubes
     from mstlake.pipeline.stack import FrameSelection, select_frames, stack_grid_for, typical_variance
-    from mstlake.stack.combine import stack_tile
+    from mstlake.stack.combine import StackInput, stack_tile
     from mstlake.stack.resample import subtract_sky
 
     _, lake, field, _ = solved_lake
@@ -333,16 +333,17 @@ def test_a_track_and_cosmic_rays_the_masks_missed_stay_out_of_a_stack_and_a_tran
     for frame in frames.itertuples():
         plane = cubes.open_store(Path(frame.store)).isel(frame=frame.index).load()
         scale = 10 ** (0.4 * (zero_point_ref - frame.zero_point_mag))
-        inputs.append([subtract_sky(plane.image.values, plane["mask"].values) * scale, plane.variance.values * scale**2, plane.mask.values, WCS(fits.Header.fromstring(frame.wcs)), typical_variance(Path(frame.store), frame.index) * scale**2])
+        inputs.append(StackInput(subtract_sky(plane.image.values, plane["mask"].values) * scale, plane.variance.values * scale**2, plane.mask.values, WCS(fits.Header.fromstring(frame.wcs)), typical_variance(Path(frame.store), frame.index) * scale**2))
     rng = np.random.default_rng(2)
     # the transient and the artefacts, placed in grid pixels away from the edges and mapped into each frame
     transient_xy = np.array([grid.shape[1] * 0.4, grid.shape[0] * 0.55])
     track_x = np.arange(int(grid.shape[1] * 0.2), int(grid.shape[1] * 0.8))
     track_y = (grid.shape[0] * 0.3 + 0.2 * (track_x - track_x[0])).astype(int)
     cosmic_x, cosmic_y = rng.integers(60, grid.shape[1] - 60, 30), rng.integers(60, grid.shape[0] - 60, 30)
-    clean = stack_tile([tuple(i) for i in inputs], grid.wcs, grid.shape)
+    clean = stack_tile(inputs, grid.wcs, grid.shape)
     noise = float(np.sqrt(np.nanmedian(clean.variance)))
-    for k, (image, _, _, wcs, _) in enumerate(inputs):
+    for k, item in enumerate(inputs):
+        image, wcs = item.image, item.wcs
         frame_x, frame_y = wcs.world_to_pixel_values(*grid.wcs.pixel_to_world_values(*transient_xy))
         if k < 2:
             yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
@@ -352,8 +353,8 @@ def test_a_track_and_cosmic_rays_the_masks_missed_stay_out_of_a_stack_and_a_tran
                 fx, fy = (np.round(v).astype(int) for v in wcs.world_to_pixel_values(*grid.wcs.pixel_to_world_values(gx, gy)))
                 inside = (fx >= 0) & (fx < image.shape[1]) & (fy >= 0) & (fy < image.shape[0])
                 image[fy[inside], fx[inside]] += amplitude
-    stacked = stack_tile([tuple(i) for i in inputs], grid.wcs, grid.shape)
-    naive = stack_tile([tuple(i) for i in inputs], grid.wcs, grid.shape, clip_sigma=None)
+    stacked = stack_tile(inputs, grid.wcs, grid.shape)
+    naive = stack_tile(inputs, grid.wcs, grid.shape, clip_sigma=None)
     near_track = np.zeros(grid.shape, bool)
     for dy in (-1, 0, 1):
         near_track[track_y + dy, track_x] = True

@@ -137,7 +137,7 @@ def test_a_stack_reopens_from_zarr_and_fits_with_its_wcs(tmp_path):
 
 
 def test_a_tile_stack_of_shifted_rotated_frames_keeps_a_star_and_beats_the_noise_by_sqrt_n():
-    from mstlake.stack.combine import stack_tile
+    from mstlake.stack.combine import StackInput, stack_tile
 
     rng = np.random.default_rng(5)
     shape, sigma, flux = (220, 220), 5.0, 4e4
@@ -149,7 +149,7 @@ def test_a_tile_stack_of_shifted_rotated_frames_keeps_a_star_and_beats_the_noise
         wcs = frame_wcs(ra=116.0 + rng.normal(0, 3) * SCALE, dec=28.0 + rng.normal(0, 3) * SCALE, rotation_deg=rng.uniform(0, 360), shape=shape)
         x, y = wcs.world_to_pixel_values(star_ra, star_dec)
         image = gaussian_star(shape, float(x), float(y), flux) + rng.normal(0, sigma, shape)
-        return image, np.full(shape, sigma**2), np.zeros(shape, np.uint8), wcs, None
+        return StackInput(image, np.full(shape, sigma**2), np.zeros(shape, np.uint8), wcs)
 
     frames = [frame(i) for i in range(8)]
     one, eight = stack_tile(frames[:1], tile.wcs, tile.shape), stack_tile(frames, tile.wcs, tile.shape)
