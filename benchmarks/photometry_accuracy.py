@@ -19,9 +19,15 @@ aperture correction, zero-point surface). Scored:
   library stars with S/N > 50; the rms of that over frames;
 * light curves: the scatter of constant stars' calibrated forced magnitudes over the frames,
   against the simulation's own noise per measurement (Cramer-Rao bound of a PSF fit at a known
-  position: photon noise of star and sky, read noise, through the frame's true Moffat PSF; plus the
-  frame's scintillation; star and sky dimmed by the true vignetting at the star), per 1-mag bin;
-  and the excess that must be added in quadrature to the theory; the same again with each frame's
+  position: photon noise of star and sky, read noise and the detector's own noise in the pixels
+  the star covers (pepper-and-salt telegraph noise, dark current), through the frame's true
+  Moffat PSF; plus the frame's scintillation; star and sky dimmed by the true vignetting at the
+  star), per 1-mag bin, as the median of each star's reduced chi^2 about its weighted mean
+  against the median of a chi^2 with its degrees of freedom (the median of sample standard
+  deviations over ~19 epochs, used before 2026-11-24, reads 2% low); the excess that must be
+  added in quadrature to the bin's theory; a fit of every star's variance as k^2 theory^2 +
+  floor^2 that separates a magnitude-independent floor from noise above the theory at every
+  magnitude; the same bins against the ideal-detector theory; and again with each frame's
   zero-point error (known from truth) removed, to tell calibration from measurement;
 * aperture correction: its residual rms per frame;
 * with ``--psf-holdout`` (a diagnostic): stars with an even star_id are kept out of the ePSF, and
@@ -45,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from scipy import stats
 from astropy.io import fits
 from truth_matching import aperture_correction_error_mmag, sky_residuals_mas
 
@@ -60,16 +67,39 @@ from mstlake.simulate.optics import moffat_alpha
 MIN_EPOCHS = 10  # measurements of a star for its light-curve scatter
 
 
-def crlb_sigma_e(flux_e, fwhm_px, beta, sky_e, read_noise_e) -> np.ndarray:
-    """Flux error (e-) of a PSF fit at a known position: 1 / sqrt(sum P^2 / (sky + f P + rn^2))
-    over pixels, for a circular Moffat of the given FWHM, pixel-integrated (4x4 sub-samples),
-    averaged over the sub-pixel phases (profiles tabulated at 200 FWHMs across the stars' range:
-    0.1% steps at most)."""
+def crlb_sigma_e(flux_e, fwhm_px, beta, sky_e, read_noise_e, *, x=None, y=None, pixel_variance_e=None) -> np.ndarray:
+    """Flux error (e-) of a PSF fit at a known position: 1 / sqrt(sum P^2 / V) over pixels with
+    V = sky + f P + rn^2 (+ the pixel's own variance), for a circular Moffat of the given FWHM,
+    pixel-integrated (4x4 sub-samples).
+
+    Without ``pixel_variance_e`` (an ideal detector) the profiles are tabulated at 200 FWHMs across
+    the stars' range and averaged over three sub-pixel phases. With it (a map, e-^2: the
+    pepper-and-salt pixels' telegraph noise and dark current, which the simulator adds and which
+    take information out of the pixels they hit) each star is evaluated at its own position (x, y)
+    on the pixels it covers."""
     flux_e = np.atleast_1d(np.asarray(flux_e, float))
     fwhm_px = np.broadcast_to(np.asarray(fwhm_px, float), flux_e.shape)
     sky = np.broadcast_to(np.asarray(sky_e, float), flux_e.shape)
     grid = np.arange(-15, 16)
     sub = (np.arange(4) + 0.5) / 4 - 0.5
+    if pixel_variance_e is not None:
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+        ny, nx = pixel_variance_e.shape
+        alpha = np.asarray(moffat_alpha(fwhm_px, beta), float)
+        out = np.empty(flux_e.size)
+        for start in range(0, flux_e.size, 500):
+            c = slice(start, start + 500)
+            dx = grid[None, None, :, None, None] + sub[None, None, None, None, :] - (x[c] - ix[c])[:, None, None, None, None]
+            dy = grid[None, :, None, None, None] + sub[None, None, None, :, None] - (y[c] - iy[c])[:, None, None, None, None]
+            a2 = (alpha[c] ** 2)[:, None, None, None, None]
+            p = ((1 + (dx**2 + dy**2) / a2) ** -beta).mean(axis=(3, 4)) * ((beta - 1) / (np.pi * alpha[c] ** 2))[:, None, None]
+            rows, cols = iy[c, None, None] + grid[None, :, None], ix[c, None, None] + grid[None, None, :]
+            inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+            extra = np.where(inside, pixel_variance_e[rows.clip(0, ny - 1), cols.clip(0, nx - 1)], 0.0)
+            variance = sky[c, None, None] + flux_e[c, None, None] * p + read_noise_e**2 + extra
+            out[c] = 1 / np.sqrt(np.sum(np.where(inside, p**2 / variance, 0.0), axis=(1, 2)))
+        return out
     widths = np.linspace(np.nanmin(fwhm_px), np.nanmax(fwhm_px), 200) if flux_e.size else np.array([1.0])
     nearest = np.clip(np.rint((fwhm_px - widths[0]) / max(widths[-1] - widths[0], 1e-9) * (widths.size - 1)).astype(int), 0, widths.size - 1)
     out = np.empty(flux_e.size)
@@ -86,6 +116,14 @@ def crlb_sigma_e(flux_e, fwhm_px, beta, sky_e, read_noise_e) -> np.ndarray:
     return out
 
 
+def detector_pixel_variance_e(sim: SimulationPaths, telescope: str, *, gain: float, exptime: float) -> np.ndarray:
+    """The simulated detector's own per-pixel variance (e-^2): telegraph noise of the pepper-and-
+    salt pixels and the dark current's shot noise (hot pixels, which the pipeline masks, included)."""
+    ps_std = fits.getdata(sim.static_map(telescope, "ps_std")).astype(float)
+    dark = fits.getdata(sim.static_map(telescope, "dark_current")).astype(float)
+    return (ps_std * gain) ** 2 + dark * exptime
+
+
 def main() -> None:
     warnings.simplefilter("ignore", RuntimeWarning)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,16 +131,19 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, default=Path("/tmp/mstlake-calacc/raw"))
     parser.add_argument("--frames", type=int, help="at most this many frames per cube")
     parser.add_argument("--out", default="photometry_accuracy.json", help="file name under benchmarks/results/")
+    parser.add_argument("--measurements", type=Path, help="where the measurements are saved for --rescore (default: photometry_measurements.pkl beside the lake)")
     parser.add_argument("--rescore", action="store_true", help="score the measurements the last run saved beside the lake")
     parser.add_argument("--psf-holdout", action="store_true",
                         help="diagnostic: stars with an even star_id never enter the ePSF model; light curves scored for them and for the others apart "
                              "(a model fitted to the stars it measures can absorb their noise and hide its own error)")
     args = parser.parse_args()
     holdout = _hold_out_of_psf() if args.psf_holdout else None
-    saved = args.lake.parent / "photometry_measurements.pkl"
+    saved = args.measurements or args.lake.parent / "photometry_measurements.pkl"
     if args.rescore:
         table, astrometric, apcorr_rms, extra = pd.read_pickle(saved)
         sim = SimulationPaths.beside(args.raw)
+        truth_frames, det, static_maps = pq.read_table(sim.frames).to_pandas().set_index("stem"), load_instrument().detector, {}
+        table = pd.concat([add_theory(group, truth_frames.loc[stem], sim, det, static_maps) for stem, group in table.groupby("frame", sort=False)], ignore_index=True)
         table["constant"] = table.star_id.isin(set(pq.read_table(sim.stars).to_pandas().query("variable_type == 'constant'").star_id))
         table = _frame_columns(table, pq.read_table(LakePaths(args.lake).frames_table).to_pandas(), pq.read_table(sim.standard_library).to_pandas())
         table, magfit_runs = add_magfit(table, shape=tuple(extra["frame_shape"]), cfg=load_pipeline().magfit)
@@ -123,7 +164,7 @@ def main() -> None:
     stars = stars.set_index("star_id")
     det = instrument.detector
     astrometric, apcorr_rms, apcorr_truth, apcorr_truth_direct, seconds, failures, measurements = [], [], [], [], [], [], []
-    vignetting: dict[str, np.ndarray] = {}
+    static_maps: dict = {}
     for *_, cube in lake.field_cubes():
         ds = cubes.open_store(cube)
         for i, frame_id in enumerate(ds.frame_id.values[: args.frames]):
@@ -155,12 +196,7 @@ def main() -> None:
             forced["band"] = band
             forced["night"] = int(row.night)
             forced["colour"] = (library.mag_g - library.mag_r).values[forced.reference_index.values] if {"mag_g", "mag_r"} <= set(library.columns) else np.nan
-            # the optics' vignetting dims star and sky alike before they reach the detector
-            if row.telescope not in vignetting:
-                vignetting[row.telescope] = fits.getdata(sim.static_map(row.telescope, "vignetting")).astype(float)
-            shade = vignetting[row.telescope][np.clip(np.rint(forced.y.values).astype(int), 0, image.shape[0] - 1), np.clip(np.rint(forced.x.values).astype(int), 0, image.shape[1] - 1)]
-            forced["theory_e"] = crlb_sigma_e(forced.flux_e.values * shade, forced.fwhm_px.values, float(tf.psf_beta), float(tf.sky_e_per_pix) * shade, det.read_noise_e) / shade
-            forced["scintillation"] = float(tf.scintillation_sigma)
+            forced = add_theory(forced, tf, sim, det, static_maps)
             forced["zero_point_ok"] = phot.zero_point is not None
             forced["flagged_cloudy"] = phot.cloudy
             forced["calibrators"] = phot.zero_point.n_calibrators if phot.zero_point else 0
@@ -189,6 +225,25 @@ def main() -> None:
     (Path(__file__).parent / "results" / args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     print_magfit_table(results)
+
+
+def add_theory(forced: pd.DataFrame, truth_frame: pd.Series, sim: SimulationPaths, det, static_maps: dict) -> pd.DataFrame:
+    """The simulation's own noise for each measurement of one frame: ``theory_e`` (Cramer-Rao bound
+    with the detector's pepper-and-salt and dark-current noise in the pixels each star covers),
+    ``theory_ideal_e`` (the same on an ideal detector, the figure before 2026-11-24) and the
+    frame's scintillation. The optics' vignetting dims star and sky alike before they reach the
+    detector."""
+    telescope = truth_frame.telescope
+    if telescope not in static_maps:
+        static_maps[telescope] = (fits.getdata(sim.static_map(telescope, "vignetting")).astype(float),
+                                  detector_pixel_variance_e(sim, telescope, gain=det.gain_e_per_adu, exptime=float(truth_frame.exptime)))
+    vignetting, pixel_variance = static_maps[telescope]
+    ny, nx = vignetting.shape
+    shade = vignetting[np.clip(np.rint(forced.y.values).astype(int), 0, ny - 1), np.clip(np.rint(forced.x.values).astype(int), 0, nx - 1)]
+    flux, sky, beta = forced.flux_e.values * shade, float(truth_frame.sky_e_per_pix) * shade, float(truth_frame.psf_beta)
+    return forced.assign(theory_e=crlb_sigma_e(flux, forced.fwhm_px.values, beta, sky, det.read_noise_e, x=forced.x.values, y=forced.y.values, pixel_variance_e=pixel_variance) / shade,
+                         theory_ideal_e=crlb_sigma_e(flux, forced.fwhm_px.values, beta, sky, det.read_noise_e) / shade,
+                         scintillation=float(truth_frame.scintillation_sigma))
 
 
 def _hold_out_of_psf() -> dict:
@@ -280,7 +335,9 @@ def add_magfit(table: pd.DataFrame, *, shape, cfg: MagfitConfig) -> tuple[pd.Dat
 
 def _light_curves(table: pd.DataFrame) -> pd.DataFrame:
     """Per constant star with MIN_EPOCHS measurements and S/N > 5: its true magnitude, light-curve
-    scatter (5-sigma outliers dropped), theoretical noise and points used."""
+    scatter (5-sigma outliers dropped), theoretical noise, points used, and its reduced chi^2 about
+    the weighted mean in units of the theory (which, unlike the median of the scatters, is an
+    unbiased measure: with ~19 epochs the median of a sample std is 2% below the true sigma)."""
     curves = []
     for star_id, group in table.groupby("star_id"):
         if len(group) < MIN_EPOCHS:
@@ -289,16 +346,29 @@ def _light_curves(table: pd.DataFrame) -> pd.DataFrame:
         centre = np.median(mags)
         spread = 1.4826 * np.median(np.abs(mags - centre))
         keep = np.abs(mags - centre) < 5 * max(spread, 1e-4)  # cosmic-ray hits and the like
-        curves.append((star_id, float(np.median(group.mag_true)), float(np.std(mags[keep], ddof=1)), float(np.sqrt(np.mean(group.sigma_theory.values[keep] ** 2))), int(keep.sum())))
-    curves = pd.DataFrame(curves, columns=["star_id", "mag", "scatter", "theory", "n"])
+        theory = group.sigma_theory.values[keep]
+        weights = 1 / theory**2
+        mean = np.sum(weights * mags[keep]) / weights.sum()
+        chi2 = float(np.sum(weights * (mags[keep] - mean) ** 2) / (keep.sum() - 1))
+        curves.append((star_id, float(np.median(group.mag_true)), float(np.std(mags[keep], ddof=1)), float(np.sqrt(np.mean(theory**2))), int(keep.sum()), chi2))
+    curves = pd.DataFrame(curves, columns=["star_id", "mag", "scatter", "theory", "n", "chi2"])
     return curves[curves.theory < 1.0857 / 5]  # down to S/N = 5
 
 
+def _noise_ratio(curves: pd.DataFrame) -> float:
+    """sigma_measured / sigma_theory of a set of stars: the median of their reduced chi^2, each
+    divided by the median of a chi^2 with its own degrees of freedom (robust to the few stars a
+    blend or a variable spoils, and unbiased when all follow the theory)."""
+    dof = curves.n.values - 1
+    return float(np.sqrt(np.median(curves.chi2.values / (stats.chi2.median(dof) / dof))))
+
+
 def _light_curve_bins(table: pd.DataFrame, before: pd.DataFrame | None = None) -> list[dict]:
-    """Per 1-mag bin of true magnitude: the median light-curve scatter of constant stars against
-    their theoretical noise, and the excess that must be added in quadrature. With ``before`` (the
-    ``_light_curves`` of the same stars before a correction): also the median per-star ratio of the
-    scatters, a paired comparison far less noisy than the difference of the bins' medians."""
+    """Per 1-mag bin of true magnitude: the light-curve scatter of constant stars against their
+    theoretical noise (``_noise_ratio``) and the excess that must be added in quadrature to the
+    bin's median theory to make it. With ``before`` (the ``_light_curves`` of the same stars before
+    a correction): also the median per-star ratio of the scatters, a paired comparison far less
+    noisy than the difference of the bins' ratios."""
     curves = _light_curves(table)
     if curves.empty:
         raise SystemExit(f"no constant star has {MIN_EPOCHS} good measurements: run on more frames")
@@ -307,13 +377,45 @@ def _light_curve_bins(table: pd.DataFrame, before: pd.DataFrame | None = None) -
         b = curves[(curves.mag >= lo) & (curves.mag < lo + 1)]
         if len(b) < 3:
             continue
-        floor = np.sqrt(max(np.median(b.scatter**2) - np.median(b.theory**2), 0.0))
-        bins.append({"mag": f"{lo:.0f}-{lo + 1:.0f}", "stars": len(b), "scatter_mmag": round(1000 * float(np.median(b.scatter)), 2), "theory_mmag": round(1000 * float(np.median(b.theory)), 2),
-                     "ratio": round(float(np.median(b.scatter / b.theory)), 3), "excess_in_quadrature_mmag": round(1000 * float(floor), 2)})
+        ratio = _noise_ratio(b)
+        theory = float(np.median(b.theory))
+        bins.append({"mag": f"{lo:.0f}-{lo + 1:.0f}", "stars": len(b), "scatter_mmag": round(1000 * float(np.median(b.scatter)), 2), "theory_mmag": round(1000 * theory, 2),
+                     "ratio": round(ratio, 3), "ratio_error": round(float(ratio / np.sqrt(2 * np.sum(b.n - 1)) * 1.25), 3),
+                     "excess_in_quadrature_mmag": round(1000 * theory * float(np.sqrt(max(ratio**2 - 1, 0.0))), 2)})
         if before is not None:
             paired = b.scatter.values / b.star_id.map(before.set_index("star_id").scatter).values
             bins[-1]["scatter_vs_before"] = round(float(np.nanmedian(paired)), 4) if np.isfinite(paired).any() else None
     return bins
+
+
+def floor_fit(table: pd.DataFrame, *, faintest: float = 17.0) -> dict:
+    """A magnitude-independent floor separated from noise that scales with the theory: each
+    constant star's variance fitted as k^2 theory^2 + floor^2 over the stars brighter than
+    ``faintest`` (weights from the chi^2 spread of each star's variance), stars the fit calls
+    outliers at p < 0.001 (blends, unflagged artefacts) left out and counted. The floor is what the
+    photometry would keep however bright a star; k is the fraction above the theory at every
+    magnitude (a property of the estimator and the theory, not a floor)."""
+    curves = _light_curves(table)
+    curves = curves[curves.mag < faintest]
+    variance = curves.scatter.values**2
+    theory2 = curves.theory.values**2
+    dof = curves.n.values - 1
+    use = np.ones(len(curves), bool)
+    design = np.vstack([theory2, np.ones_like(theory2)]).T
+    solution = np.array([1.1, 1e-6])
+    for _ in range(4):
+        expected = solution[0] * theory2 + max(solution[1], 0.0)
+        weight = use * dof / (2 * expected**2)
+        covariance = np.linalg.inv(design.T @ (design * weight[:, None]))
+        solution = covariance @ (design.T @ (weight * variance))
+        model = solution[0] * theory2 + max(solution[1], 0.0)
+        use = stats.chi2.sf(variance / model * dof, dof) > 1e-3
+    floor2, floor2_error = float(solution[1]), float(np.sqrt(covariance[1, 1]))
+    return {"stars": int(use.sum()), "outlier_stars": int((~use).sum()), "magnitudes": f"< {faintest:g}",
+            "k": round(float(np.sqrt(solution[0])), 4), "k_error": round(float(np.sqrt(covariance[0, 0]) / (2 * np.sqrt(solution[0]))), 4),
+            "floor_squared_mmag2": round(1e6 * floor2, 3), "floor_squared_error_mmag2": round(1e6 * floor2_error, 3),
+            "floor_mmag": round(1000 * float(np.sqrt(max(floor2, 0.0))), 2),
+            "floor_95_upper_mmag": round(1000 * float(np.sqrt(max(floor2 + 1.645 * floor2_error, 0.0))), 2)}
 
 
 def _scored_points(table: pd.DataFrame) -> pd.DataFrame:
@@ -345,13 +447,16 @@ def summarise(table: pd.DataFrame, astrometric: np.ndarray, apcorr_rms: list[flo
                  "uncorrected_fraction": round(float(np.mean(~corrected)), 5) if len(table) else None, "bins": _light_curve_bins(table[corrected].assign(mag=table[column][corrected]), curves_before)}
         if not corrected.all():  # before magfit on the points magfit corrected, for a like-for-like comparison
             entry["bins_before_magfit_same_points"] = _light_curve_bins(table[corrected])
+        entry["floor_fit"] = floor_fit(table[corrected].assign(mag=table[column][corrected]))
         entry["magfit"] = (magfit_runs or {}).get(name)
         magfit_results[f"light_curves_magfit_{name}"] = entry
     return {
         "astrometry_snr_above_100": {"stars": len(astrometric), "rms_mas_per_axis": [round(float(np.sqrt(np.mean(astrometric[:, k] ** 2))), 1) for k in (0, 1)]},
         "zero_point_error_mmag_clear_frames": {"frames": len(zp), "calibrators_per_frame_median": float(table.groupby("frame").calibrators.first().median()), "rms_over_frames": round(1000 * float(np.sqrt(np.mean((zp - 0) ** 2))), 2), "rms_about_mean": round(1000 * float(np.std(zp)), 2), "mean": round(1000 * float(np.mean(zp)), 2)},
         "cloudy_frames": cloud_flags,
-        "light_curves": {"frames_used": int(table.frame.nunique()), "bins": bins},
+        "light_curves": {"frames_used": int(table.frame.nunique()), "theory": "Cramer-Rao bound with the detector's own pixel noise", "bins": bins, "floor_fit": floor_fit(table)},
+        "light_curves_ideal_detector_theory": {"theory": "Cramer-Rao bound without pepper-and-salt or dark-current noise",
+                                               "bins": _light_curve_bins(table.assign(sigma_theory=1.0857 * np.hypot(table.theory_ideal_e / table.flux_e, table.scintillation))) if "theory_ideal_e" in table else None},
         "light_curves_with_true_zero_points": {"bins": bins_true_zp},
         **magfit_results,
         "aperture_correction_fit_residual_rms_mmag": {"frames": len(apcorr_rms), "median": round(float(np.median(apcorr_rms)), 2) if apcorr_rms else None, "max": round(float(np.max(apcorr_rms)), 2) if apcorr_rms else None},

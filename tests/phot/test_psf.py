@@ -190,3 +190,41 @@ def test_psf_stars_leave_out_track_pieces_galaxies_and_merged_pairs():
         assert not stellar[nearest], name
     star_rows = [np.argmin(np.hypot(sources.x - xi, sources.y - yi)) for xi, yi in zip(x, y, strict=True)]
     assert stellar[star_rows].mean() > 0.95
+
+
+def _widening_psf(shape, *, fwhm_left=2.4, fwhm_right=3.0):
+    """An ePSF (degree 1) whose FWHM grows linearly from the left edge of the detector to the
+    right, made by hand from Moffat grids (the model a varying field would give)."""
+    ny, nx = shape
+    half = 10
+    grids = [moffat_stars((2 * half + 1, 2 * half + 1), [half], [half], [1.0], fwhm=w, half=half) for w in (fwhm_left, fwhm_right)]
+    centre, scale = ((nx - 1) / 2, (ny - 1) / 2), max(nx, ny) / 2
+    u_left, u_right = (0 - centre[0]) / scale, (nx - 1 - centre[0]) / scale
+    slope = (grids[1] - grids[0]) / (u_right - u_left)
+    constant = grids[0] - slope * u_left
+    basis = np.stack([constant, slope, np.zeros_like(constant)])
+    return psf_kernels.EffectivePSF(basis, 1, half, centre, scale, 1, 0.5 * (fwhm_left + fwhm_right))
+
+
+def test_a_varying_psf_changes_smoothly_across_the_detector_cells():
+    """Stars move by hundreds of pixels between frames: a model held constant over each detector
+    cell would give a star a different flux error on each frame. The tabulated stamps are blended
+    between cell centres, so the model follows the polynomial within a cell and has no step at
+    its edges."""
+    shape = (800, 1600)
+    model = _widening_psf(shape)
+    stamps = model.phase_stamps(5, derivatives=False)
+    columns = stamps.cells[1]
+    boundary = shape[1] / columns * 3 - 0.5  # between the 3rd and 4th cell columns
+    peaks = {}
+    left, right, far_left, far_right = (float(np.rint(boundary + d)) for d in (-0.5, 0.5, -0.5 * shape[1] / columns, 0.5 * shape[1] / columns))
+    for x in (left, right, far_left, far_right):  # whole pixels: the stamps' centre is a grid node
+        _, _, value = stamps.evaluate([x], [400.0])
+        peaks[x] = float(value[0, 5, 5])
+    exact = {x: float(model.grid_at(x, 400.0)[10, 10]) for x in peaks}
+    across_cell = abs(exact[far_right] - exact[far_left])
+    step = abs(peaks[right] - peaks[left])
+    assert step < 0.05 * across_cell  # held per cell, the step would be the whole cell's change
+    for x in peaks:
+        assert peaks[x] == pytest.approx(exact[x], rel=2e-3)
+
