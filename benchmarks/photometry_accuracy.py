@@ -132,6 +132,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, help="at most this many frames per cube")
     parser.add_argument("--out", default="photometry_accuracy.json", help="file name under benchmarks/results/")
     parser.add_argument("--measurements", type=Path, help="where the measurements are saved for --rescore (default: photometry_measurements.pkl beside the lake)")
+    parser.add_argument("--paired", type=Path, metavar="BEFORE_PKL",
+                        help="with --rescore: compare these measurements with an earlier set of the same frames star by star "
+                             "(median per-star ratio of light-curve chi^2, square-rooted, per 1-mag bin), print it and stop")
     parser.add_argument("--rescore", action="store_true", help="score the measurements the last run saved beside the lake")
     parser.add_argument("--psf-holdout", action="store_true",
                         help="diagnostic: stars with an even star_id never enter the ePSF model; light curves scored for them and for the others apart "
@@ -143,6 +146,15 @@ def main() -> None:
         table, astrometric, apcorr_rms, extra = pd.read_pickle(saved)
         sim = SimulationPaths.beside(args.raw)
         truth_frames, det, static_maps = pq.read_table(sim.frames).to_pandas().set_index("stem"), load_instrument().detector, {}
+        constant = set(pq.read_table(sim.stars).to_pandas().query("variable_type == 'constant'").star_id)
+
+        def scored(table: pd.DataFrame) -> pd.DataFrame:
+            table = pd.concat([add_theory(group, truth_frames.loc[stem], sim, det, static_maps) for stem, group in table.groupby("frame", sort=False)], ignore_index=True)
+            return _scored_points(table.assign(constant=table.star_id.isin(constant)))
+
+        if args.paired:
+            print_paired(_light_curves(scored(pd.read_pickle(args.paired)[0])), _light_curves(scored(table)))
+            return
         table = pd.concat([add_theory(group, truth_frames.loc[stem], sim, det, static_maps) for stem, group in table.groupby("frame", sort=False)], ignore_index=True)
         table["constant"] = table.star_id.isin(set(pq.read_table(sim.stars).to_pandas().query("variable_type == 'constant'").star_id))
         table = _frame_columns(table, pq.read_table(LakePaths(args.lake).frames_table).to_pandas(), pq.read_table(sim.standard_library).to_pandas())
@@ -244,6 +256,19 @@ def add_theory(forced: pd.DataFrame, truth_frame: pd.Series, sim: SimulationPath
     return forced.assign(theory_e=crlb_sigma_e(flux, forced.fwhm_px.values, beta, sky, det.read_noise_e, x=forced.x.values, y=forced.y.values, pixel_variance_e=pixel_variance) / shade,
                          theory_ideal_e=crlb_sigma_e(flux, forced.fwhm_px.values, beta, sky, det.read_noise_e) / shade,
                          scintillation=float(truth_frame.scintillation_sigma))
+
+
+def print_paired(before: pd.DataFrame, after: pd.DataFrame) -> None:
+    """Star by star, the same stars with the same epochs: the square root of the median ratio of
+    their light-curves' reduced chi^2 (after / before) per 1-mag bin, far less noisy than the
+    difference of two bins' ratios."""
+    joined = before.merge(after, on="star_id", suffixes=("", "_after"))
+    joined = joined[joined.n == joined.n_after]
+    print("mag    stars  scatter after/before")
+    for lo in range(int(np.floor(joined.mag.min())), int(np.ceil(joined.mag.max()))):
+        b = joined[(joined.mag >= lo) & (joined.mag < lo + 1)]
+        if len(b) >= 3:
+            print(f"{lo}-{lo + 1} {len(b):7d} {np.sqrt(np.median(b.chi2_after / b.chi2)):10.4f}")
 
 
 def _hold_out_of_psf() -> dict:
