@@ -61,6 +61,7 @@ from mstlake.config import MagfitConfig, load_instrument, load_pipeline
 from mstlake.lake import cubes
 from mstlake.paths import LakePaths, SimulationPaths
 from mstlake.phot.frame import photometer_frame
+from mstlake.phot.stamps import cutout_index
 from mstlake.phot.magfit import magfit
 from mstlake.simulate.optics import moffat_alpha
 
@@ -81,23 +82,16 @@ def crlb_sigma_e(flux_e, fwhm_px, beta, sky_e, read_noise_e, *, x=None, y=None, 
     fwhm_px = np.broadcast_to(np.asarray(fwhm_px, float), flux_e.shape)
     sky = np.broadcast_to(np.asarray(sky_e, float), flux_e.shape)
     grid = np.arange(-15, 16)
-    sub = (np.arange(4) + 0.5) / 4 - 0.5
     if pixel_variance_e is not None:
         x, y = np.asarray(x, float), np.asarray(y, float)
         ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-        ny, nx = pixel_variance_e.shape
         alpha = np.asarray(moffat_alpha(fwhm_px, beta), float)
         out = np.empty(flux_e.size)
         for start in range(0, flux_e.size, 500):
             c = slice(start, start + 500)
-            dx = grid[None, None, :, None, None] + sub[None, None, None, None, :] - (x[c] - ix[c])[:, None, None, None, None]
-            dy = grid[None, :, None, None, None] + sub[None, None, None, :, None] - (y[c] - iy[c])[:, None, None, None, None]
-            a2 = (alpha[c] ** 2)[:, None, None, None, None]
-            p = ((1 + (dx**2 + dy**2) / a2) ** -beta).mean(axis=(3, 4)) * ((beta - 1) / (np.pi * alpha[c] ** 2))[:, None, None]
-            rows, cols = iy[c, None, None] + grid[None, :, None], ix[c, None, None] + grid[None, None, :]
-            inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
-            extra = np.where(inside, pixel_variance_e[rows.clip(0, ny - 1), cols.clip(0, nx - 1)], 0.0)
-            variance = sky[c, None, None] + flux_e[c, None, None] * p + read_noise_e**2 + extra
+            p = _moffat_pixels(grid[None, None, :] - (x[c] - ix[c])[:, None, None], grid[None, :, None] - (y[c] - iy[c])[:, None, None], alpha[c, None, None], beta)
+            flat, inside = cutout_index(pixel_variance_e.shape, iy[c, None] + grid, ix[c, None] + grid)
+            variance = sky[c, None, None] + flux_e[c, None, None] * p + read_noise_e**2 + pixel_variance_e.reshape(-1)[flat]
             out[c] = 1 / np.sqrt(np.sum(np.where(inside, p**2 / variance, 0.0), axis=(1, 2)))
         return out
     widths = np.linspace(np.nanmin(fwhm_px), np.nanmax(fwhm_px), 200) if flux_e.size else np.array([1.0])
@@ -108,12 +102,19 @@ def crlb_sigma_e(flux_e, fwhm_px, beta, sky_e, read_noise_e, *, x=None, y=None, 
         stars = np.flatnonzero(nearest == k)
         info = np.zeros(stars.size)
         for phase in ((0.0, 0.0), (0.5, 0.5), (0.25, 0.0)):
-            dx = grid[None, :, None, None] + sub[None, None, None, :] - phase[0]
-            dy = grid[:, None, None, None] + sub[None, None, :, None] - phase[1]
-            p = (((1 + (dx**2 + dy**2) / alpha**2) ** -beta).mean(axis=(2, 3)) * (beta - 1) / (np.pi * alpha**2)).ravel()
+            p = _moffat_pixels(grid[None, :] - phase[0], grid[:, None] - phase[1], alpha, beta).ravel()
             info += np.sum(p[None, :] ** 2 / (sky[stars, None] + flux_e[stars, None] * p[None, :] + read_noise_e**2), axis=1) / 3
         out[stars] = 1 / np.sqrt(info)
     return out
+
+
+def _moffat_pixels(dx, dy, alpha, beta: float) -> np.ndarray:
+    """A circular Moffat of unit flux integrated over pixels (4x4 sub-samples) whose centres are
+    (dx, dy) from the star (broadcast together with ``alpha``)."""
+    sub = (np.arange(4) + 0.5) / 4 - 0.5
+    dx, dy, alpha = (np.asarray(a, float)[..., None, None] for a in (dx, dy, alpha))
+    r2 = (dx + sub[None, :]) ** 2 + (dy + sub[:, None]) ** 2
+    return ((1 + r2 / alpha**2) ** -beta).mean(axis=(-2, -1)) * (beta - 1) / (np.pi * alpha[..., 0, 0] ** 2)
 
 
 def detector_pixel_variance_e(sim: SimulationPaths, telescope: str, *, gain: float, exptime: float) -> np.ndarray:
@@ -148,15 +149,14 @@ def main() -> None:
         truth_frames, det, static_maps = pq.read_table(sim.frames).to_pandas().set_index("stem"), load_instrument().detector, {}
         constant = set(pq.read_table(sim.stars).to_pandas().query("variable_type == 'constant'").star_id)
 
-        def scored(table: pd.DataFrame) -> pd.DataFrame:
+        def with_theory(table: pd.DataFrame) -> pd.DataFrame:  # saved measurements get the current theory
             table = pd.concat([add_theory(group, truth_frames.loc[stem], sim, det, static_maps) for stem, group in table.groupby("frame", sort=False)], ignore_index=True)
-            return _scored_points(table.assign(constant=table.star_id.isin(constant)))
+            return table.assign(constant=table.star_id.isin(constant))
 
+        table = with_theory(table)
         if args.paired:
-            print_paired(_light_curves(scored(pd.read_pickle(args.paired)[0])), _light_curves(scored(table)))
+            print_paired(_light_curves(_scored_points(with_theory(pd.read_pickle(args.paired)[0]))), _light_curves(_scored_points(table)))
             return
-        table = pd.concat([add_theory(group, truth_frames.loc[stem], sim, det, static_maps) for stem, group in table.groupby("frame", sort=False)], ignore_index=True)
-        table["constant"] = table.star_id.isin(set(pq.read_table(sim.stars).to_pandas().query("variable_type == 'constant'").star_id))
         table = _frame_columns(table, pq.read_table(LakePaths(args.lake).frames_table).to_pandas(), pq.read_table(sim.standard_library).to_pandas())
         table, magfit_runs = add_magfit(table, shape=tuple(extra["frame_shape"]), cfg=load_pipeline().magfit)
         results = summarise(table, astrometric, apcorr_rms, magfit_runs)

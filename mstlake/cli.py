@@ -142,8 +142,8 @@ def stack(field_name, band, nights, first_n, include_cloudy, name, lake_dir, no_
 
     Frames (solved, flux-calibrated, not cloudy) are sky-subtracted, scaled to a common zero
     point, resampled through their TAN-SIP solutions (flux-conserving cubic splines) and combined
-    with background and seeing weights, dropping values isolated from the rest (cosmic rays, tracks the masks missed), tile by
-    tile as one Dask graph. Writes lake/stacks/<field>/<band>/<name>.zarr and .fits (image with
+    with background and seeing weights, dropping values isolated from the rest (cosmic rays,
+    tracks the masks missed), tile by tile as one Dask graph. Writes lake/stacks/<field>/<band>/<name>.zarr and .fits (image with
     WCS, VARIANCE, COUNT, MASK, FRAMES), then measures the stack like a frame (astrometric check,
     ePSF and aperture photometry, zero point, 5-sigma depth) into the archive's `stacks` and
     `stack_sources` tables (query them with `mstlake sql`).

@@ -129,15 +129,15 @@ class PhaseStamps:
         frames, a table held over a cell (the FWHM changes by up to 2% across one on half-size
         frames) put a different error into a star's flux on each frame."""
         rows, cols = self.cells
-        if rows * cols == 1:
+        if rows * cols == 1:  # a constant model: one table, a quarter of the work
             return [(np.zeros(x.size, np.int64), np.ones(x.size, np.float32))]
         nx, ny = 2 * self.psf.centre[0] + 1, 2 * self.psf.centre[1] + 1
-        u = (x + 0.5) * cols / nx - 0.5  # fractional cell column: integers at cell centres
+        u = (x + 0.5) * cols / nx - 0.5  # fractional cell column: integers at the centres from_psf tabulates
         v = (y + 0.5) * rows / ny - 0.5
+        # a single row or column of cells gives both neighbours the same cell: the shares still sum to 1
         cu = np.clip(np.floor(u), 0, max(cols - 2, 0)).astype(np.int64)
         cv = np.clip(np.floor(v), 0, max(rows - 2, 0)).astype(np.int64)
-        tu = (u - cu).astype(np.float32) if cols > 1 else np.zeros(x.size, np.float32)
-        tv = (v - cv).astype(np.float32) if rows > 1 else np.zeros(x.size, np.float32)
+        tu, tv = (u - cu).astype(np.float32), (v - cv).astype(np.float32)
         cu1, cv1 = np.minimum(cu + 1, cols - 1), np.minimum(cv + 1, rows - 1)
         return [(cv * cols + cu, (1 - tu) * (1 - tv)), (cv * cols + cu1, tu * (1 - tv)), (cv1 * cols + cu, (1 - tu) * tv), (cv1 * cols + cu1, tu * tv)]
 
@@ -399,21 +399,20 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
     # nearest cell's table and are made once per star, again only when it moves (each fit
     # iteration places every star's change)
     far_slot = np.cumsum(wide) - 1
-    wings: list[np.ndarray | None] = [None, None, None]
-    inner = big.half - small.half if big is not None else 0
+    if big is not None:
+        count, size = int(wide.sum()), 2 * big.half + 1
+        wings = (np.empty((count, size), np.int64), np.empty((count, size), np.int64), np.empty((count, size, size), np.float32))
 
     def wing_stamp(index, *, refresh: bool = False):
         slots = far_slot[index]
-        if refresh or wings[0] is None:
-            rows, cols, p = big.evaluate(x[index], y[index], nearest_cell=True)
-            p[:, inner : p.shape[1] - inner, inner : p.shape[2] - inner] = 0.0
-            if wings[0] is None:
-                count, size = int(wide.sum()), p.shape[-1]
-                wings[:] = [np.empty((count, size), np.int64), np.empty((count, size), np.int64), np.empty((count, size, size), np.float32)]
-            for held, value in zip(wings, (rows, cols, p), strict=True):
-                held[slots] = value
-            return rows, cols, p
-        return tuple(held[slots] for held in wings)
+        if not refresh:
+            return tuple(held[slots] for held in wings)
+        rows, cols, p = big.evaluate(x[index], y[index], nearest_cell=True)
+        inner = big.half - small.half
+        p[:, inner : size - inner, inner : size - inner] = 0.0
+        for held, value in zip(wings, (rows, cols, p), strict=True):
+            held[slots] = value
+        return rows, cols, p
 
     def place(model, index, amount, stamp, *, refresh: bool = False):
         """model += amount x the models of stars ``index``: their fit stamps, and the wide ones'

@@ -3,10 +3,11 @@ the field's grid, and their measurement into a deep catalogue in the archive.
 
 Frames are chosen from the lake's tables (solved and flux-calibrated; cloudy ones left out unless
 asked), each sky-subtracted and scaled to a common zero point through its own zero-point
-surface, resampled onto the tile through its TAN-SIP solution and combined (``mstlake.stack``). A tile task reads from each
-frame's cube only the pixels the tile needs and writes its own shard of the staged stack, so no
-task holds more than one tile's frames (tiles shrink as the number of frames grows) and the mosaic
-is never in memory. The staged store is renamed into place when every tile is written.
+surface, resampled onto the tile through its TAN-SIP solution and combined (``mstlake.stack``).
+A tile task reads from each frame's cube only the pixels the tile needs and writes its own shard
+of the staged stack, so no task holds more than one tile's frames (tiles shrink as the number of
+frames grows) and the mosaic is never in memory. The staged store is renamed into place when
+every tile is written.
 """
 
 from __future__ import annotations
