@@ -60,10 +60,13 @@ def mixture_fwhm(fwhms, weights) -> float:
     return float(2 * r[np.argmax(profile < profile[0] / 2)])
 
 
-def empirical_depth(flux, zero_point, true_mag, *, faint_snr: tuple[float, float] = (2.0, 30.0)) -> float:
-    """The 5-sigma depth the truth shows: the robust scatter of (flux - true flux) over stars
-    that the sky's noise dominates (true S/N in ``faint_snr``), turned into the magnitude whose
-    flux is five times it. Independent of any error the photometry claims."""
+def empirical_depth(flux, zero_point, true_mag, *, faint_snr: tuple[float, float] = (2.0, 30.0), bright_snr: float = 300.0) -> float:
+    """The 5-sigma depth the truth shows, independent of any error the photometry claims: the
+    scatter of (flux - true flux) is fitted as sigma^2 = noise^2 + (e x true flux)^2 over bins
+    of true flux (stars up to S/N ``bright_snr``): the part that grows with the flux (colour
+    terms, the zero-point surface: calibration, not depth) is set apart from the noise, and the
+    magnitude whose flux is five times the noise is the depth. Without enough bins, the robust
+    scatter of the stars the noise dominates (true S/N in ``faint_snr``)."""
     flux, zero_point, true_mag = (np.asarray(a, float) for a in (flux, zero_point, true_mag))
     true_flux = 10 ** (-0.4 * (true_mag - zero_point))
     good = np.isfinite(flux) & np.isfinite(true_flux)
@@ -71,6 +74,17 @@ def empirical_depth(flux, zero_point, true_mag, *, faint_snr: tuple[float, float
     for _ in range(3):  # the stars the sky's noise dominates, at the scatter found so far
         faint = good & (true_flux / sigma > faint_snr[0]) & (true_flux / sigma < faint_snr[1])
         sigma = robust_sigma((flux - true_flux)[faint])
+    used = good & (true_flux / sigma > 1.0) & (true_flux / sigma < bright_snr)
+    order = np.argsort(true_flux[used])
+    groups = [g for g in np.array_split(order, max(1, order.size // 40)) if g.size >= 20]
+    if len(groups) >= 3:
+        level = np.array([np.median(true_flux[used][g]) for g in groups])
+        variance = np.array([robust_sigma((flux - true_flux)[used][g]) ** 2 for g in groups])
+        # each bin's variance is known to ~sqrt(2 / n) of itself: weight by its inverse
+        weight = np.array([np.sqrt(g.size / 2) for g in groups]) / variance
+        (noise2, slope2), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(level), level**2]) * weight[:, None], variance * weight, rcond=None)
+        if noise2 > 0 and slope2 >= 0:
+            sigma = float(np.sqrt(noise2))
     return float(np.median(zero_point[good]) - 2.5 * np.log10(5 * sigma))
 
 
@@ -140,7 +154,7 @@ def main() -> None:
         started = time.perf_counter()
         made = stack_field(lake, field, args.band, FrameSelection(first_n=n), instrument=instrument, cfg=stack_cfg, name=f"bench-n{n}", fits_file=False, progress=False)
         stack_seconds = time.perf_counter() - started
-        measured = measure_stack(lake, made.store, reference, instrument=instrument, astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, commit=False)
+        measured = measure_stack(lake, made.store, reference, instrument=instrument, astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, stack_cfg=pipeline.stack, archive_cfg=pipeline.archive, commit=False)
         row = measured.stack.to_pylist()[0]
         inputs = all_frames.set_index("frame_id").loc[made.frames.frame_id]
 

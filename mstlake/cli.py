@@ -185,7 +185,7 @@ def _stack_and_measure(field_cfg, lake: LakePaths, band: str, selection, config_
         reference = load_reference(field_cfg, lake, base=reference_base)
     except ReferenceCatalogueError as err:
         _fail(f"the stack is made but cannot be measured: {err}")
-    measured = pipeline.measure_stack(lake, result.store, reference.to_pandas(), instrument=instrument, astrometry_cfg=pipeline_cfg.astrometry, photometry_cfg=pipeline_cfg.photometry, archive_cfg=pipeline_cfg.archive, replace=replace)
+    measured = pipeline.measure_stack(lake, result.store, reference.to_pandas(), instrument=instrument, astrometry_cfg=pipeline_cfg.astrometry, photometry_cfg=pipeline_cfg.photometry, stack_cfg=pipeline_cfg.stack, archive_cfg=pipeline_cfg.archive, replace=replace)
     row = measured.stack.to_pylist()[0]
     zp = "no zero point: " + str(row["reason"]) if row["zero_point_mag"] is None else f"zero point {row['zero_point_mag']:.3f} (rms {row['zero_point_rms_mag']:.3f}, {row['n_calibrators']} standards)"
     depth = "-" if row["depth_5sigma_mag"] is None else f"{row['depth_5sigma_mag']:.2f}"

@@ -246,6 +246,7 @@ class StackConfig:
     tile_px: int = 2048  # largest grid tile; a multiple of the stack cube's chunk (512)
     tile_memory_gb: float = 2.0  # resampled frames held for one tile: tiles shrink as frames grow in number
     margin_deg: float = 0.1  # the grid reaches this far beyond the field's width and height (pointing offsets)
+    scene_detect_sigma: float = 1.2  # stack measurement: stars found on the image with the fitted ones subtracted, at this threshold (0: none)
     scheduler: str = "processes"  # Dask scheduler of the graph over tiles
     workers: int = 2
 

@@ -20,6 +20,7 @@ from mstlake.calib.apply import PEPPER_SALT
 # flag bits beyond sep's own (1 crowded, 2 merged, 4 saturated, 8 truncated, ...)
 MASKED = 512  # a masked pixel within 2 px of the centroid (bad, saturated, PS, track, cosmic ray)
 NEIGHBOUR = 1024  # another source within 3 FWHM: its light is inside the centroid window
+FOUND_ON_RESIDUAL = 2048  # found on the image with every star fitted before subtracted (stacks)
 
 
 @dataclass(frozen=True)

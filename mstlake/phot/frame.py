@@ -52,6 +52,7 @@ class FramePhotometry:
     reference_aperture: int | None
     aperture_correction: Surface | None  # applied to aperture magnitudes
     measured_correction: Surface | None  # the direct fit of measured mag_ref - mag_best (its rms: the stars' scatter)
+    scene: pd.DataFrame  # every star the forced fit modelled (x, y, flux): reference stars and blends of them, other detections
 
 
 def background_variance(variance: np.ndarray, mask: np.ndarray, background_noise: np.ndarray) -> np.ndarray:
@@ -141,6 +142,7 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
         residual, noise, hidden, model, scene_x, scene_y,
         np.concatenate([np.bincount(blend, weights=start_flux, minlength=n_fit), np.nan_to_num(fit.flux[others])]), fit_position=False, gain=gain, iterations=cfg.forced_iterations,
     )
+    modelled = pd.DataFrame({"x": scene_x, "y": scene_y, "flux": forced_fit.flux})
     share = catalogue_flux / np.bincount(blend, weights=catalogue_flux, minlength=n_fit)[blend]
     blended = np.bincount(blend, minlength=n_fit)[blend] > 1
     forced = pd.DataFrame({
@@ -199,7 +201,53 @@ def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs,
         sources = sources.assign(mag_ap_best_inst=mag_ap[:, best], mag_ap_best_err=mag_ap_err[:, best], mag_ap=mag_ap[:, best] + apcorr + zp_sources)
     clock.lap("zero_point")
     cloudy = zero_point is None or zero_point.rms > cfg.cloudy_zero_point_rms
-    return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, zero_point, problem, cloudy, best, reference_index, correction, measured_correction)
+    return FramePhotometry(sources, forced, model, len(candidates), fluxes, solution, zero_point, problem, cloudy, best, reference_index, correction, measured_correction, modelled)
+
+
+def find_unmodelled(residual, variance, mask, psf: psf_kernels.EffectivePSF, modelled: pd.DataFrame, *, thresh: float, minarea: int, same_star_px: float = 1.0) -> pd.DataFrame:
+    """The sources left on ``residual`` (background-subtracted) once every star of ``modelled``
+    (x, y, flux; ``FramePhotometry.scene``) is subtracted: stars too faint for the first detection
+    and those it could not split from a brighter star's wing (DAOPHOT's second pass). A detection
+    within ``same_star_px`` of a modelled star is that star's own residual and is dropped. Returns
+    the new sources (extraction columns, flag ``extract.FOUND_ON_RESIDUAL`` set) and the image
+    without the modelled stars."""
+    without = residual - psf_kernels.model_image(residual.shape, psf, modelled.x.values, modelled.y.values, modelled.flux.values)
+    found = extract.extract_sources(without, variance, mask, thresh=thresh, minarea=minarea).sources
+    if len(found) and len(modelled):
+        distance, _ = cKDTree(modelled[["x", "y"]].to_numpy()).query(found[["x", "y"]].to_numpy())
+        found = found[distance > same_star_px]
+    found = found.reset_index(drop=True)
+    return found.assign(flag=found.flag.values.astype(np.int32) | extract.FOUND_ON_RESIDUAL)
+
+
+def artificial_star_scatter(residual, noise, *, hidden, psf: psf_kernels.EffectivePSF, scene: pd.DataFrame, flux: float, gain: float, iterations: int, spacing_fwhm: float = 10.0, seed: int = 0) -> float:
+    """The noise of forced PSF photometry where the stars are, as artificial stars show it: stars of
+    ``flux`` added to ``residual`` on a jittered grid (``spacing_fwhm`` apart: they leave each
+    other alone), fitted at their known positions together with every star of ``scene`` (x, y,
+    flux), and the robust scatter of what comes back about what went in. Everything the fit sees
+    is in it: the sky, the light of stars nobody modelled, the neighbours' own fitting noise.
+    ``noise``: the background variance the fit weights by (``background_variance``)."""
+    ny, nx = residual.shape
+    step = max(int(spacing_fwhm * psf.fwhm), 8)
+    margin = psf.half + 1
+    if ny <= 2 * margin or nx <= 2 * margin:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    gy, gx = np.mgrid[margin + step // 2 : ny - margin : step, margin + step // 2 : nx - margin : step]
+    x = gx.ravel() + rng.uniform(-step / 4, step / 4, gx.size)
+    y = gy.ravel() + rng.uniform(-step / 4, step / 4, gx.size)
+    keep = ~hidden[np.round(y).astype(int), np.round(x).astype(int)]
+    x, y = x[keep], y[keep]
+    if x.size < 50:
+        return float("nan")
+    added = residual + psf_kernels.model_image(residual.shape, psf, x, y, np.full(x.size, flux))
+    fit = psf_kernels.psf_photometry(added, noise, hidden, psf, np.concatenate([scene.x.values, x]), np.concatenate([scene.y.values, y]), np.concatenate([np.nan_to_num(scene.flux.values), np.full(x.size, flux)]), fit_position=False, gain=gain, iterations=iterations)
+    got, flag = fit.flux[-x.size :], fit.flag[-x.size :]
+    usable = np.isfinite(got) & (flag == 0)
+    if usable.sum() < 50:
+        return float("nan")
+    deviation = got[usable] - flux
+    return float(1.4826 * np.median(np.abs(deviation - np.median(deviation))))
 
 
 def point_like(sources: pd.DataFrame, *, width_range: tuple[float, float] = (0.67, 1.5), max_elongation_excess: float = 0.3) -> np.ndarray:

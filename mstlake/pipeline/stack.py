@@ -252,13 +252,13 @@ class StackMeasurement:
     snapshot: int | None  # the archive snapshot that added it (None: already there)
 
 
-def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, archive_cfg: ArchiveConfig, commit: bool = True, replace: bool = False) -> StackMeasurement:
+def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, stack_cfg: StackConfig, archive_cfg: ArchiveConfig, commit: bool = True, replace: bool = False) -> StackMeasurement:
     """Measure a stack as a single frame is measured (extraction, astrometric check against the
     reference stars, ePSF and aperture photometry, forced photometry of the reference stars, a
     zero-point surface from the standards) and add its deep catalogue to the archive (``replace``:
     over an earlier measurement of the same stack)."""
     from mstlake.astrom import extract
-    from mstlake.phot.frame import photometer_frame
+    from mstlake.phot.frame import artificial_star_scatter, background_variance, find_unmodelled, photometer_frame
 
     ds, wcs = open_stack(store)
     provenance = json.loads(ds.attrs["provenance"])
@@ -271,22 +271,43 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     mask = np.where(bad, 1, 0).astype(np.uint8)  # bit 1: no data, as a bad pixel
     extraction = extract.extract_sources(image, variance, mask, thresh=astrometry_cfg.detect_sigma, minarea=astrometry_cfg.min_area_px)
     ny, nx = image.shape
-    fwhm = float(np.nanmedian(extraction.sources.fwhm[(extraction.sources.flag == 0) & (extraction.sources.snr > 20)])) if len(extraction.sources) else 3.0
-    # resampling correlates neighbouring pixels: sums (and fits) that treat them as independent
-    # would claim errors too small, and the depth too deep. Both noise estimates the photometry
-    # uses are scaled to the noise PSF-sized apertures show on blank sky: the variance plane
-    # (aperture errors) and the background's own rms map (PSF-fit errors).
-    residual = image - extraction.background
-    blank = {"radius_px": max(fwhm, 1.5), "sources_xy": extraction.sources[["x", "y"]].to_numpy(), "avoid_px": 2.5 * max(fwhm, 1.5)}
-    correlation = noise_correlation(residual, extraction.background_noise**2, bad, **blank)
-    extraction = dataclasses.replace(extraction, background_noise=extraction.background_noise * np.float32(correlation))
-    variance = variance * np.float32(noise_correlation(residual, variance, bad, **blank) ** 2)
     ref_x, ref_y = wcs.world_to_pixel_values(reference.ra.values, reference.dec.values)
     near = reference[(ref_x > -20) & (ref_x < nx + 20) & (ref_y > -20) & (ref_y < ny + 20)].reset_index(drop=True)
     band = provenance["band"]
     # the stack's ADU are one input's at the reference zero point; a pixel's photo-electrons
     # add up over the frames that entered it
     gain = instrument.detector.gain_e_per_adu * float(np.median(count[count > 0]))
+    residual = image - extraction.background
+    fwhm = float(np.nanmedian(extraction.sources.fwhm[(extraction.sources.flag == 0) & (extraction.sources.snr > 20)])) if len(extraction.sources) else 3.0
+    # resampling correlates neighbouring pixels: sums (and fits) that treat them as independent
+    # would claim errors too small, and the depth too deep. Both noise estimates the photometry
+    # uses are scaled to the noise PSF-sized apertures show on blank sky: the variance plane
+    # (aperture errors) and the background's own rms map (PSF-fit errors). Measured before
+    # anything is fitted: on the image with the fitted stars subtracted, fits of noise peaks
+    # found there would have taken some of the noise away (errors 10% too small against the truth).
+    blank = {"radius_px": max(fwhm, 1.5), "sources_xy": extraction.sources[["x", "y"]].to_numpy(), "avoid_px": 2.5 * max(fwhm, 1.5)}
+    correlation = noise_correlation(residual, extraction.background_noise**2, bad, **blank)
+    extraction = dataclasses.replace(extraction, background_noise=extraction.background_noise * np.float32(correlation))
+    variance = variance * np.float32(noise_correlation(residual, variance, bad, **blank) ** 2)
+    if stack_cfg.scene_detect_sigma > 0:
+        # a deep stack is crowded with stars the first detection misses (faint ones, and those
+        # in brighter stars' wings); unmodelled, their light is noise to every forced
+        # measurement near them. They are found on the image with every fitted star subtracted
+        # (DAOPHOT's second pass) and fitted with the rest.
+        first = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
+        found = find_unmodelled(residual, variance, mask, first.psf, first.scene, thresh=stack_cfg.scene_detect_sigma, minarea=astrometry_cfg.min_area_px)
+        # the blank sky's noise holds those stars' light; how much of it fitting them takes away
+        # is what artificial stars show: their scatter with and without the new stars modelled
+        noise = background_variance(variance, mask, extraction.background_noise)
+        probe = {"hidden": extract.hidden_pixels(mask), "psf": first.psf, "gain": gain, "iterations": photometry_cfg.forced_iterations, "flux": ARTIFICIAL_STAR_SNR * float(np.nanmedian(first.forced.flux_err))}
+        before = artificial_star_scatter(residual, noise, scene=first.scene, **probe)
+        with_found = pd.concat([first.scene, pd.DataFrame({"x": found.x, "y": found.y, "flux": found.flux})], ignore_index=True)
+        after = artificial_star_scatter(residual, noise, scene=with_found, **probe)
+        if np.isfinite(before) and np.isfinite(after) and before > 0:
+            correlation *= after / before
+            extraction = dataclasses.replace(extraction, background_noise=extraction.background_noise * np.float32(after / before))
+            variance = variance * np.float32((after / before) ** 2)
+        extraction = dataclasses.replace(extraction, sources=pd.concat([extraction.sources, found], ignore_index=True))
     measured = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
     check = astrometric_check(wcs, measured.sources, near, match_radius_arcsec=1.0, pixel_scale_arcsec=instrument.detector.pixel_scale_arcsec)
     forced = measured.forced.assign(source_id=near.source_id.values[measured.forced.reference_index.values])
@@ -367,6 +388,7 @@ def noise_correlation(residual: np.ndarray, variance: np.ndarray, bad: np.ndarra
     return float(max(scatter / np.median(errors[usable]), 1.0))
 
 
+ARTIFICIAL_STAR_SNR = 10.0  # the artificial stars that measure the forced photometry's noise: faint, the sky's noise dominates them
 FULL_DEPTH_FRACTION = 0.9  # of the most frames any pixel has: the area a stack's depth is quoted for
 
 

@@ -254,7 +254,7 @@ def test_a_stack_keeps_star_fluxes_beats_one_frames_noise_and_is_measured_into_t
     assert count.max() == len(result.frames) and (count >= len(result.frames) - 1).mean() > 0.3
 
     reference = load_reference(field, lake, base=paths.raw).to_pandas()
-    measured = measure_stack(lake, result.store, reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive)
+    measured = measure_stack(lake, result.store, reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, stack_cfg=pipeline_config.stack, archive_cfg=pipeline_config.archive)
     row = measured.stack.to_pylist()[0]
     assert row["status"] == "calibrated" and abs(row["zero_point_mag"] - row["zero_point_ref_mag"]) < 0.03
     # calibrated forced magnitudes of bright, isolated constant stars agree with the truth
@@ -277,9 +277,9 @@ def test_a_stack_keeps_star_fluxes_beats_one_frames_noise_and_is_measured_into_t
         held = con.execute("SELECT n_frames, n_sources FROM stacks").fetchall()
         associated = con.execute("SELECT avg((object_id >= 0)::INT) FROM stack_sources").fetchone()[0]
     assert held == [(len(result.frames), row["n_sources"])] and associated > 0.5
-    again = measure_stack(lake, result.store, reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive)
+    again = measure_stack(lake, result.store, reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, stack_cfg=pipeline_config.stack, archive_cfg=pipeline_config.archive)
     assert again.snapshot is None  # the same stack is held once
-    replaced = measure_stack(lake, result.store, reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, replace=True)
+    replaced = measure_stack(lake, result.store, reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, stack_cfg=pipeline_config.stack, archive_cfg=pipeline_config.archive, replace=True)
     assert replaced.snapshot is not None
     with open_lake(lake.root) as con:
         assert con.execute("SELECT count(*) FROM stacks").fetchone()[0] == 1
