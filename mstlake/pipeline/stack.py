@@ -319,6 +319,7 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     centre = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
     index = int(healpix.spatial_index([float(centre[0])], [float(centre[1])])[0])
     zp = measured.zero_point
+    sources = _deep_catalogue(measured, count, stack_id, band, provenance["mjd"][1], archive_cfg.partition_order)
     row = {
         "_healpix_29": index, "healpix_partition": int(healpix.parent_pixel(index, archive_cfg.partition_order)), "stack_id": stack_id, "name": Path(store).stem,
         "field": provenance["field"], "band": band, "n_frames": len(frame_ids), "frame_ids": [int(f) for f in frame_ids],
@@ -326,11 +327,10 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
         "method": provenance["stack_config"]["method"], "provenance": json.dumps(provenance), "wcs_header": wcs.to_header(relax=True).tostring(), "naxis1": nx, "naxis2": ny,
         "zero_point_ref_mag": provenance["zero_point_ref_mag"], "zero_point_mag": None if zp is None else zp.at_centre, "zero_point_rms_mag": None if zp is None else zp.rms,
         "n_calibrators": 0 if zp is None else zp.n_calibrators, "psf_fwhm_px": measured.psf.fwhm, "inputs_fwhm_px": provenance["inputs_fwhm_px"],
-        "noise_correlation": correlation, "rms_x_mas": check[0], "rms_y_mas": check[1], "n_matched": check[2], "depth_5sigma_mag": depth, "n_sources": len(measured.sources),
+        "noise_correlation": correlation, "rms_x_mas": check[0], "rms_y_mas": check[1], "n_matched": check[2], "depth_5sigma_mag": depth, "n_sources": len(sources),
         "status": "calibrated" if zp is not None else "uncalibrated", "reason": measured.zero_point_problem, "measured_at": dt.datetime.now(dt.UTC), "mstlake_version": mstlake.__version__,
     }
     stack_row = load_schema("stacks").from_rows([row])
-    sources = _deep_catalogue(measured, count, stack_id, band, provenance["mjd"][1], archive_cfg.partition_order)
     snapshot = None
     if commit:
         from mstlake.lake.archive import Archive
@@ -414,8 +414,16 @@ def depth_5sigma(flux: np.ndarray, flux_err: np.ndarray, zero_point: np.ndarray,
     return float(np.median(zero_point[use] - 2.5 * np.log10(5 * flux_err[use])))
 
 
+CATALOGUE_MIN_SNR_FOUND_ON_RESIDUAL = 5.0  # below it, what the second pass found is fitted but not catalogued (noise peaks, mostly)
+
+
 def _deep_catalogue(measured, count: np.ndarray, stack_id: int, band: str, mjd: float, partition_order: int) -> pa.Table:
+    from mstlake.astrom.extract import FOUND_ON_RESIDUAL
+
     s = measured.sources
+    second_pass = (s.flag.values & FOUND_ON_RESIDUAL) != 0
+    psf_snr = s.flux_psf.values / np.where(s.flux_psf_err.values > 0, s.flux_psf_err.values, np.inf)
+    s = s[~second_pass | (psf_snr >= CATALOGUE_MIN_SNR_FOUND_ON_RESIDUAL)]
     index = healpix.spatial_index(s.ra.values, s.dec.values)
     columns = {
         "_healpix_29": index, "healpix_partition": healpix.parent_pixel(index, partition_order).astype(np.int32), "stack_id": np.full(len(s), stack_id),
