@@ -247,6 +247,7 @@ class StackConfig:
     tile_memory_gb: float = 2.0  # resampled frames held for one tile: tiles shrink as frames grow in number
     margin_deg: float = 0.1  # the grid reaches this far beyond the field's width and height (pointing offsets)
     scene_detect_sigma: float = 1.2  # stack measurement: stars found on the image with the fitted ones subtracted, at this threshold (0: none)
+    scene_passes: int = 1  # how many times they are looked for, each time with those found before fitted
     scheduler: str = "processes"  # Dask scheduler of the graph over tiles
     workers: int = 2
 
@@ -261,6 +262,8 @@ class StackConfig:
             raise ConfigError(f"stack.tile_px must be a multiple of 512 in 512-16384, not {self.tile_px}")
         if self.tile_memory_gb <= 0:
             raise ConfigError(f"stack.tile_memory_gb must be positive, not {self.tile_memory_gb}")
+        if self.scene_detect_sigma < 0 or self.scene_passes < 0:
+            raise ConfigError(f"stack.scene_detect_sigma and stack.scene_passes must be >= 0, not {self.scene_detect_sigma} and {self.scene_passes}")
         if self.scheduler not in ("threads", "processes", "synchronous") or self.workers < 1:
             raise ConfigError(f"stack.scheduler must be threads, processes or synchronous with workers >= 1, not {self.scheduler!r} x {self.workers}")
 

@@ -47,6 +47,12 @@ def test_an_unknown_aperture_correction_method_is_an_error(tmp_path):
         cfg.load_pipeline(directory)
 
 
+def test_a_negative_scene_pass_count_is_an_error(tmp_path):
+    directory = _copy_config(tmp_path, lambda text: text.replace("scene_passes = 1", "scene_passes = -1"))
+    with pytest.raises(cfg.ConfigError, match="stack.scene_passes must be >= 0"):
+        cfg.load_pipeline(directory)
+
+
 def test_unknown_field_lists_known_ones():
     with pytest.raises(cfg.ConfigError, match="known fields: .*f02"):
         cfg.load_field("f99")

@@ -289,25 +289,28 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     correlation = noise_correlation(residual, extraction.background_noise**2, bad, **blank)
     extraction = dataclasses.replace(extraction, background_noise=extraction.background_noise * np.float32(correlation))
     variance = variance * np.float32(noise_correlation(residual, variance, bad, **blank) ** 2)
-    if stack_cfg.scene_detect_sigma > 0:
+    if stack_cfg.scene_detect_sigma > 0 and stack_cfg.scene_passes > 0:
         # a deep stack is crowded with stars the first detection misses (faint ones, and those
         # in brighter stars' wings); unmodelled, their light is noise to every forced
         # measurement near them. They are found on the image with every fitted star subtracted
-        # (DAOPHOT's second pass) and fitted with the rest.
-        first = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
-        found = find_unmodelled(residual, variance, mask, first.psf, first.scene, thresh=stack_cfg.scene_detect_sigma, minarea=astrometry_cfg.min_area_px)
+        # (DAOPHOT's second pass), fitted with the rest, and looked for again around them.
+        current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
+        first = current
+        for search in range(stack_cfg.scene_passes):
+            found = find_unmodelled(residual, variance, mask, current.psf, current.scene, thresh=stack_cfg.scene_detect_sigma, minarea=astrometry_cfg.min_area_px)
+            extraction = dataclasses.replace(extraction, sources=pd.concat([extraction.sources, found], ignore_index=True))
+            scene = pd.concat([current.scene, pd.DataFrame({"x": found.x, "y": found.y, "flux": found.flux})], ignore_index=True)
+            if search < stack_cfg.scene_passes - 1 and len(found):
+                current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
         # the blank sky's noise holds those stars' light; how much of it fitting them takes away
         # is what artificial stars show: their scatter with and without the new stars modelled
         noise = background_variance(variance, mask, extraction.background_noise)
         probe = {"hidden": extract.hidden_pixels(mask), "psf": first.psf, "gain": gain, "iterations": photometry_cfg.forced_iterations, "flux": ARTIFICIAL_STAR_SNR * float(np.nanmedian(first.forced.flux_err))}
-        before = artificial_star_scatter(residual, noise, scene=first.scene, **probe)
-        with_found = pd.concat([first.scene, pd.DataFrame({"x": found.x, "y": found.y, "flux": found.flux})], ignore_index=True)
-        after = artificial_star_scatter(residual, noise, scene=with_found, **probe)
+        before, after = (artificial_star_scatter(residual, noise, scene=modelled, **probe) for modelled in (first.scene, scene))
         if np.isfinite(before) and np.isfinite(after) and before > 0:
             correlation *= after / before
             extraction = dataclasses.replace(extraction, background_noise=extraction.background_noise * np.float32(after / before))
             variance = variance * np.float32((after / before) ** 2)
-        extraction = dataclasses.replace(extraction, sources=pd.concat([extraction.sources, found], ignore_index=True))
     measured = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
     check = astrometric_check(wcs, measured.sources, near, match_radius_arcsec=1.0, pixel_scale_arcsec=instrument.detector.pixel_scale_arcsec)
     forced = measured.forced.assign(source_id=near.source_id.values[measured.forced.reference_index.values])
