@@ -248,6 +248,7 @@ class StackConfig:
     margin_deg: float = 0.1  # the grid reaches this far beyond the field's width and height (pointing offsets)
     scene_detect_sigma: float = 1.2  # stack measurement: stars found on the image with the fitted ones subtracted, at this threshold (0: none)
     scene_passes: int = 1  # how many times they are looked for, each time with those found before fitted
+    forced_iterations: int = 4  # of the stack's forced fit (photometry.forced_iterations on frames): crowded deep stacks converge slower
     scheduler: str = "processes"  # Dask scheduler of the graph over tiles
     workers: int = 2
 
@@ -262,6 +263,8 @@ class StackConfig:
             raise ConfigError(f"stack.tile_px must be a multiple of 512 in 512-16384, not {self.tile_px}")
         if self.tile_memory_gb <= 0:
             raise ConfigError(f"stack.tile_memory_gb must be positive, not {self.tile_memory_gb}")
+        if self.forced_iterations < 1:
+            raise ConfigError(f"stack.forced_iterations must be >= 1, not {self.forced_iterations}")
         if self.scene_detect_sigma < 0 or self.scene_passes < 0:
             raise ConfigError(f"stack.scene_detect_sigma and stack.scene_passes must be >= 0, not {self.scene_detect_sigma} and {self.scene_passes}")
         if self.scheduler not in ("threads", "processes", "synchronous") or self.workers < 1:

@@ -53,6 +53,12 @@ def test_a_negative_scene_pass_count_is_an_error(tmp_path):
         cfg.load_pipeline(directory)
 
 
+def test_a_stack_forced_fit_without_iterations_is_an_error(tmp_path):
+    directory = _copy_config(tmp_path, lambda text: text.replace("forced_iterations = 4", "forced_iterations = 0"))
+    with pytest.raises(cfg.ConfigError, match="stack.forced_iterations must be >= 1"):
+        cfg.load_pipeline(directory)
+
+
 def test_unknown_field_lists_known_ones():
     with pytest.raises(cfg.ConfigError, match="known fields: .*f02"):
         cfg.load_field("f99")
