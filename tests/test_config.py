@@ -29,33 +29,20 @@ def _copy_config(tmp_path, instrument_text_edit=None):
     return target
 
 
-def test_unknown_key_is_an_error_naming_file_and_key(tmp_path):
-    directory = _copy_config(tmp_path, lambda text: text.replace("stats_stride = 4", "stats_stride = 4\nstats_strid = 3"))
-    with pytest.raises(cfg.ConfigError, match=r"pipeline\.toml.*stats_strid"):
-        cfg.load_pipeline(directory)
-
-
-def test_wrong_type_is_an_error(tmp_path):
-    directory = _copy_config(tmp_path, lambda text: text.replace("stats_stride = 4", 'stats_stride = "four"'))
-    with pytest.raises(cfg.ConfigError, match="stats_stride: expected an integer"):
-        cfg.load_pipeline(directory)
-
-
-def test_an_unknown_aperture_correction_method_is_an_error(tmp_path):
-    directory = _copy_config(tmp_path, lambda text: text.replace('aperture_correction = "model"', 'aperture_correction = "modle"'))
-    with pytest.raises(cfg.ConfigError, match='"model" or "direct"'):
-        cfg.load_pipeline(directory)
-
-
-def test_a_negative_scene_pass_count_is_an_error(tmp_path):
-    directory = _copy_config(tmp_path, lambda text: text.replace("scene_passes = 1", "scene_passes = -1"))
-    with pytest.raises(cfg.ConfigError, match="stack.scene_passes must be >= 0"):
-        cfg.load_pipeline(directory)
-
-
-def test_a_stack_forced_fit_without_iterations_is_an_error(tmp_path):
-    directory = _copy_config(tmp_path, lambda text: text.replace("forced_iterations = 4", "forced_iterations = 0"))
-    with pytest.raises(cfg.ConfigError, match="stack.forced_iterations must be >= 1"):
+@pytest.mark.parametrize(
+    ("setting", "changed", "message"),
+    [
+        ("stats_stride = 4", "stats_stride = 4\nstats_strid = 3", r"pipeline\.toml.*stats_strid"),  # an unknown key, with its file
+        ("stats_stride = 4", 'stats_stride = "four"', "stats_stride: expected an integer"),
+        ('aperture_correction = "model"', 'aperture_correction = "modle"', '"model" or "direct"'),
+        ("scene_passes = 1", "scene_passes = -1", "stack.scene_passes must be >= 0"),
+        ("forced_iterations = 4", "forced_iterations = 0", "stack.forced_iterations must be >= 1"),
+    ],
+    ids=["unknown-key", "wrong-type", "unknown-aperture-correction", "negative-scene-passes", "stack-forced-fit-without-iterations"],
+)
+def test_a_bad_setting_is_an_error_naming_it(tmp_path, setting, changed, message):
+    directory = _copy_config(tmp_path, lambda text: text.replace(setting, changed))
+    with pytest.raises(cfg.ConfigError, match=message):
         cfg.load_pipeline(directory)
 
 

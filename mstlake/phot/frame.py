@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 
 from mstlake.astrom import extract, solve
 from mstlake.calib.apply import PEPPER_SALT
+from mstlake.calib.combine import robust_std
 from mstlake.config import PhotometryConfig
 from mstlake.phot import aperture as ap
 from mstlake.phot import psf as psf_kernels
@@ -209,8 +210,7 @@ def find_unmodelled(residual, variance, mask, psf: psf_kernels.EffectivePSF, mod
     (x, y, flux; ``FramePhotometry.scene``) is subtracted: stars too faint for the first detection
     and those it could not split from a brighter star's wing (DAOPHOT's second pass). A detection
     within ``same_star_px`` of a modelled star is that star's own residual and is dropped. Returns
-    the new sources (extraction columns, flag ``extract.FOUND_ON_RESIDUAL`` set) and the image
-    without the modelled stars."""
+    the new sources (extraction columns, flag ``extract.FOUND_ON_RESIDUAL`` set)."""
     without = residual - psf_kernels.model_image(residual.shape, psf, modelled.x.values, modelled.y.values, modelled.flux.values)
     found = extract.extract_sources(without, variance, mask, thresh=thresh, minarea=minarea).sources
     if len(found) and len(modelled):
@@ -246,8 +246,7 @@ def artificial_star_scatter(residual, noise, *, hidden, psf: psf_kernels.Effecti
     usable = np.isfinite(got) & (flag == 0)
     if usable.sum() < 50:
         return float("nan")
-    deviation = got[usable] - flux
-    return float(1.4826 * np.median(np.abs(deviation - np.median(deviation))))
+    return float(robust_std(got[usable] - flux))
 
 
 def point_like(sources: pd.DataFrame, *, width_range: tuple[float, float] = (0.67, 1.5), max_elongation_excess: float = 0.3) -> np.ndarray:

@@ -288,21 +288,20 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     # found there would have taken some of the noise away (errors 10% too small against the truth).
     blank = {"radius_px": max(fwhm, 1.5), "sources_xy": extraction.sources[["x", "y"]].to_numpy(), "avoid_px": 2.5 * max(fwhm, 1.5)}
     correlation = noise_correlation(residual, extraction.background_noise**2, bad, **blank)
-    extraction = dataclasses.replace(extraction, background_noise=extraction.background_noise * np.float32(correlation))
-    variance = variance * np.float32(noise_correlation(residual, variance, bad, **blank) ** 2)
+    extraction, variance = _noise_scaled(extraction, variance, psf_fit=correlation, apertures=noise_correlation(residual, variance, bad, **blank))
     if stack_cfg.scene_detect_sigma > 0 and stack_cfg.scene_passes > 0:
         # a deep stack is crowded with stars the first detection misses (faint ones, and those
         # in brighter stars' wings); unmodelled, their light is noise to every forced
         # measurement near them. They are found on the image with every fitted star subtracted
         # (DAOPHOT's second pass), fitted with the rest, and looked for again around them.
-        current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
-        first = current
+        first = current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
         for search in range(stack_cfg.scene_passes):
             found = find_unmodelled(residual, variance, mask, current.psf, current.scene, thresh=stack_cfg.scene_detect_sigma, minarea=astrometry_cfg.min_area_px)
             extraction = dataclasses.replace(extraction, sources=pd.concat([extraction.sources, found], ignore_index=True))
-            scene = pd.concat([current.scene, pd.DataFrame({"x": found.x, "y": found.y, "flux": found.flux})], ignore_index=True)
-            if search < stack_cfg.scene_passes - 1 and len(found):
-                current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
+            scene = pd.concat([current.scene, found[["x", "y", "flux"]]], ignore_index=True)
+            if not len(found) or search == stack_cfg.scene_passes - 1:
+                break
+            current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
         # the blank sky's noise holds those stars' light; how much of it fitting them takes away
         # is what artificial stars show: their scatter with and without the new stars modelled
         noise = background_variance(variance, mask, extraction.background_noise)
@@ -310,8 +309,7 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
         before, after = (artificial_star_scatter(residual, noise, scene=modelled, **probe) for modelled in (first.scene, scene))
         if np.isfinite(before) and np.isfinite(after) and before > 0:
             correlation *= after / before
-            extraction = dataclasses.replace(extraction, background_noise=extraction.background_noise * np.float32(after / before))
-            variance = variance * np.float32((after / before) ** 2)
+            extraction, variance = _noise_scaled(extraction, variance, psf_fit=after / before, apertures=after / before)
     measured = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
     check = astrometric_check(wcs, measured.sources, near, match_radius_arcsec=1.0, pixel_scale_arcsec=instrument.detector.pixel_scale_arcsec)
     forced = measured.forced.assign(source_id=near.source_id.values[measured.forced.reference_index.values])
@@ -341,6 +339,12 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
 
         snapshot = Archive(lake, archive_cfg).commit_stack(stack_row, sources, message=f"stack {provenance['field']} {band} {Path(store).stem}", replace=replace)
     return StackMeasurement(stack_row, sources, forced, snapshot)
+
+
+def _noise_scaled(extraction, variance: np.ndarray, *, psf_fit: float, apertures: float):
+    """The two noise estimates photometry uses, scaled: the background's rms map (PSF-fit errors)
+    by ``psf_fit``, the variance plane (aperture errors) by ``apertures`` squared."""
+    return dataclasses.replace(extraction, background_noise=extraction.background_noise * np.float32(psf_fit)), variance * np.float32(apertures**2)
 
 
 def astrometric_check(wcs: WCS, sources: pd.DataFrame, reference: pd.DataFrame, *, match_radius_arcsec: float, pixel_scale_arcsec: float) -> tuple[float | None, float | None, int]:

@@ -90,7 +90,7 @@ def test_artificial_stars_read_the_sky_noise_and_the_unmodelled_stars(crowded):
     faint = moffat_stars(SHAPE, x, y, rng.uniform(8, 14, 700) * claimed, fwhm=FWHM)
     image = (sky + rng.normal(0, np.sqrt(faint)) + faint).astype(np.float32)
     found = find_unmodelled(image, noise + faint, np.zeros(SHAPE, np.uint8), model, empty, thresh=1.5, minarea=5)
-    fitted = pd.DataFrame({"x": found.x, "y": found.y, "flux": found.flux})
+    fitted = found[["x", "y", "flux"]]
     before = artificial_star_scatter(image, noise, scene=empty, flux=10 * claimed, **probe)
     after = artificial_star_scatter(image, noise, scene=fitted, flux=10 * claimed, **probe)
     assert before > 1.3 * claimed
