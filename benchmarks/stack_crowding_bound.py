@@ -3,15 +3,17 @@
     python benchmarks/stack_crowding_bound.py --lake /tmp/stack400/lake --raw /tmp/stack400/raw/f02 --n 64
 
 Reads the stack ``bench-n{N}`` that ``benchmarks/stack_depth.py`` leaves in the lake, measures it as
-``measure_stack`` does (not committed) and takes its faint constant library stars (true S/N 3-40).
-For each, the best linear estimate of its flux when the simulator's stars within 2.5 FWHM are
-fitted with it at their true positions (Gaussian PSF of the stack's FWHM, white noise): those with
-true S/N >= a threshold as free fluxes, the fainter ones' light left in as noise. The spread of
-that estimate over the stars, per threshold, in units of an isolated star's error, is the bound
-a pipeline that finds every star above the threshold, at its true place, would reach; no
-neighbour fitted is what ignoring the crowding costs. Against it: the measured scatter of the
-stack's forced fluxes about the true ones, in the same unit (the claimed error of isolated faint
-stars, which includes the stack's noise scale).
+``measure_stack`` does (not committed) and takes its faint constant library stars (true S/N 3-20).
+The unit is the optimal error: what optimal weighting of the input frames would give a star on
+empty sky, from the frames' own depths as the truth shows them (``stack_depth.py``'s optimal true
+gain). For each star, the best linear estimate of its flux when the simulator's stars within
+2.5 FWHM are fitted with it at their true positions (Gaussian PSF of the stack's FWHM, white noise
+at the optimal error): those with true S/N >= a threshold as free fluxes, the fainter ones' light
+left in as noise. The S/N over the optimum that the spread of that estimate gives, per threshold,
+is the bound a pipeline that finds every star above the threshold, at its true place, would
+reach; "none" is what ignoring the crowding gives. Against it: the S/N over the optimum of the
+stack's forced fluxes (their robust scatter about the true ones), and the stack's claimed error
+of faint stars over that scatter (1 when the errors are honest).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
-from stack_depth import robust_sigma
+from stack_depth import frame_forced, inputs_true_depths, optimal_gain_of, robust_sigma
 
 from mstlake import config as cfg
 from mstlake.paths import LakePaths, SimulationPaths
@@ -57,7 +59,7 @@ def main() -> None:
     measured = measure_stack(lake, store, reference, instrument=instrument, astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, stack_cfg=pipeline.stack, archive_cfg=pipeline.archive, commit=False)
     fwhm = measured.stack.to_pylist()[0]["psf_fwhm_px"]
     sigma_psf = fwhm / 2.3548
-    _, wcs = open_stack(store)
+    ds, wcs = open_stack(store)
 
     true_mag = dict(zip(stars.library_source_id, stars[mag_column], strict=True))
     constant = set(stars.library_source_id[(stars.variable_type == "constant") & stars.in_library])
@@ -66,14 +68,20 @@ def main() -> None:
     zero_point = float(np.nanmedian(forced.mag - forced.mag_inst))
     forced = forced.assign(true_flux=10 ** (-0.4 * (forced.true - zero_point)))
     isolated_error = float(np.median(forced.flux_err[(forced.flux / forced.flux_err) < 20]))
-    faint = forced[(forced.true_flux / isolated_error > 3) & (forced.true_flux / isolated_error < 40)]
+    # the unit: the error optimal weighting of the input frames would give a star on empty sky,
+    # from the frames' own depths as the truth shows them
+    inputs = frame_forced(lake, json.loads(ds.attrs["frame_ids"]))
+    inputs = inputs.assign(true=inputs.source_id.map(true_mag))
+    median_depth, gain = optimal_gain_of(inputs_true_depths(inputs[inputs.source_id.isin(constant) & (inputs.flag == 0)]))
+    optimal_error = 10 ** (-0.4 * (median_depth + gain - zero_point)) / 5
+    faint = forced[(forced.true_flux / optimal_error > 3) & (forced.true_flux / optimal_error < 20)]
 
     x, y = wcs.world_to_pixel_values(stars.ra.values, stars.dec.values)
     flux = 10 ** (-0.4 * (stars[mag_column].values - zero_point))
     tree = cKDTree(np.column_stack([x, y]))
     half = int(np.ceil(3 * fwhm))
     own = gaussian_stamp(half, sigma_psf, 0.0, 0.0)
-    pixel_sigma = isolated_error * np.sqrt(own @ own)  # white noise giving an isolated star that error
+    pixel_sigma = optimal_error * np.sqrt(own @ own)  # white noise giving a star on empty sky the optimal error
     bounds = {}
     for threshold in THRESHOLDS:
         noise_variance, contamination = [], []
@@ -81,8 +89,8 @@ def main() -> None:
             near = tree.query_ball_point([star.x, star.y], 2.5 * fwhm)
             itself = near[int(np.argmin(np.hypot(x[near] - star.x, y[near] - star.y)))]
             others = [j for j in near if j != itself]
-            free = [j for j in others if flux[j] / isolated_error >= threshold]
-            left = [j for j in others if flux[j] / isolated_error < threshold]
+            free = [j for j in others if flux[j] / optimal_error >= threshold]
+            left = [j for j in others if flux[j] / optimal_error < threshold]
             design = np.column_stack([own] + [gaussian_stamp(half, sigma_psf, x[j] - star.x, y[j] - star.y) for j in free])
             estimator = (np.linalg.pinv(design.T @ design) @ design.T)[0]
             noise_variance.append(pixel_sigma**2 * estimator @ estimator)
@@ -92,9 +100,12 @@ def main() -> None:
         contamination = np.array(contamination) - np.median(contamination)
         rng = np.random.default_rng(0)
         spread = float(np.mean([robust_sigma(contamination + rng.normal(0, np.sqrt(noise_variance))) for _ in range(200)]))
-        bounds["none" if not np.isfinite(threshold) else f"snr>={threshold:g}"] = spread / isolated_error
-    measured_scatter = robust_sigma((faint.flux - faint.true_flux).values) / isolated_error
-    result = {"n": args.n, "faint_stars": len(faint), "isolated_error": isolated_error, "fwhm_px": fwhm, "bound_over_isolated_error_by_neighbours_fitted": bounds, "measured_over_isolated_error": measured_scatter}
+        bounds["none" if not np.isfinite(threshold) else f"snr>={threshold:g}"] = optimal_error / spread
+    measured_scatter = robust_sigma((faint.flux - faint.true_flux).values)
+    result = {
+        "n": args.n, "faint_stars": len(faint), "optimal_error": optimal_error, "claimed_isolated_error": isolated_error, "fwhm_px": fwhm,
+        "bound_snr_over_optimal_by_neighbours_fitted": bounds, "measured_snr_over_optimal": optimal_error / measured_scatter, "claimed_error_over_scatter": isolated_error / measured_scatter,
+    }
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))

@@ -1,6 +1,11 @@
 """mstlake: the data-lake catalogue and light-curve archive of the Mini-SiTian survey."""
 
+import os
 from importlib.metadata import PackageNotFoundError, version
+
+# tables that reach a Dask worker through pickling are not 64-byte aligned; Arrow's query engine
+# then warns on every scan unless told to copy them into aligned buffers (set before Arrow reads it)
+os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "reallocate")
 
 try:
     __version__ = version("mstlake")

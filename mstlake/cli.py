@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections import defaultdict
@@ -28,6 +29,25 @@ CONFIG_OPTION = click.option(
 
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN", "SET"}  # what mstlake sql runs (SET: variables and settings of its own connection)
+
+
+def cluster_options(command):
+    """--workers / --scheduler: run the command's Dask graphs on a distributed cluster."""
+    command = click.option("--scheduler", "scheduler_address", default=None, metavar="ADDRESS", help="Run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786; `dask scheduler` and `dask worker` start one, dask-jobqueue on SLURM/PBS).")(command)
+    return click.option("--workers", type=click.IntRange(1), default=None, help="Run on a local Dask cluster of this many worker processes (default: the local schedulers ingest/pipeline.toml names).")(command)
+
+
+@contextlib.contextmanager
+def _on_cluster(scheduler_address: str | None, workers: int | None):
+    from mstlake.pipeline.execute import ClusterError, cluster
+
+    if scheduler_address and workers:
+        _fail("give --scheduler or --workers, not both")
+    try:
+        with cluster(scheduler_address=scheduler_address, workers=workers, console=err_console) as client:
+            yield client
+    except ClusterError as err:
+        _fail(str(err))
 
 
 def _fail(message: str) -> None:
@@ -108,8 +128,9 @@ def inventory(raw_dir, lake_dir, quiet, config_dir):
 @click.option("--lake", "lake_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Lake directory (default: the field's lake_dir).")
 @click.option("--force", is_flag=True, help="Calibrate again nights whose cubes are already complete.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@cluster_options
 @CONFIG_OPTION
-def ingest(field_name, raw_dir, lake_dir, force, quiet, config_dir):
+def ingest(field_name, raw_dir, lake_dir, force, quiet, workers, scheduler_address, config_dir):
     """Run every pipeline stage that exists on a field's raw data.
 
     Now: the inventory, then calibration (master bias, pepper-and-salt map, bad pixels, flats over
@@ -120,7 +141,8 @@ def ingest(field_name, raw_dir, lake_dir, force, quiet, config_dir):
     surface from the standards, cloudy frames flagged), and each night's light-curve points
     committed to the archive in one snapshot.
     """
-    report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force)
+    with _on_cluster(scheduler_address, workers):
+        report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force)
     if not report.usable:
         sys.exit(1)
 
@@ -130,14 +152,16 @@ def ingest(field_name, raw_dir, lake_dir, force, quiet, config_dir):
 @click.option("--band", type=click.Choice(["g", "r", "i"]), required=True, help="Band to stack.")
 @click.option("--nights", default=None, help="Nights to stack: YYYYMMDD, comma-separated, or ranges FIRST-LAST (default: all).")
 @click.option("--n", "first_n", type=click.IntRange(1), default=None, help="Only the first N frames (in time) of those nights.")
+@click.option("--skip", type=click.IntRange(0), default=0, help="Pass over this many frames (in time) first: --n 64 --skip 64 stacks frames 65-128.")
 @click.option("--include-cloudy", is_flag=True, help="Also stack frames flagged cloudy (left out by default; unsolved and uncalibrated frames always are).")
-@click.option("--name", default=None, help="Name of the stack (default: <first night>[-<last night>]-n<frames>).")
+@click.option("--name", default=None, help="Name of the stack (default: <first night>[-<last night>]-n<frames>[-from<first frame>]).")
 @click.option("--lake", "lake_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Lake directory (default: the field's lake_dir).")
 @click.option("--no-measure", is_flag=True, help="Only make the stack; do not measure it into the archive's deep catalogue.")
 @click.option("--force", is_flag=True, help="Measure again a stack the archive already holds, replacing its rows.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@cluster_options
 @CONFIG_OPTION
-def stack(field_name, band, nights, first_n, include_cloudy, name, lake_dir, no_measure, force, quiet, config_dir):
+def stack(field_name, band, nights, first_n, skip, include_cloudy, name, lake_dir, no_measure, force, quiet, workers, scheduler_address, config_dir):
     """Stack calibrated frames of a field on its tangent-plane grid, and measure the stack.
 
     Frames (solved, flux-calibrated, not cloudy) are sky-subtracted, scaled to a common zero
@@ -157,10 +181,11 @@ def stack(field_name, band, nights, first_n, include_cloudy, name, lake_dir, no_
     lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
     try:
         available = sorted({night for _, b, night, _ in lake.field_cubes(field_cfg.name) if b == band})
-        selection = pipeline.FrameSelection(nights=pipeline.parse_nights(nights, available), first_n=first_n, include_cloudy=include_cloudy)
+        selection = pipeline.FrameSelection(nights=pipeline.parse_nights(nights, available), first_n=first_n, skip=skip, include_cloudy=include_cloudy)
     except pipeline.StackError as err:
         _fail(str(err))
-    _stack_and_measure(field_cfg, lake, band, selection, config_dir, name=name, measure=not no_measure, replace=force, reference_base=Path.cwd(), progress=not quiet)
+    with _on_cluster(scheduler_address, workers):
+        _stack_and_measure(field_cfg, lake, band, selection, config_dir, name=name, measure=not no_measure, replace=force, reference_base=Path.cwd(), progress=not quiet)
 
 
 def _stack_and_measure(field_cfg, lake: LakePaths, band: str, selection, config_dir, *, name=None, measure: bool = True, replace: bool = False, reference_base: Path, progress: bool):
@@ -423,13 +448,45 @@ def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, f
         err_console.print(f"[yellow]note:[/] the centre of field {field_name} in ingest/fields/{field_name}.toml is a placeholder.")
     raw = Path(raw_dir) if raw_dir else resolve_against(Path.cwd(), field_cfg.raw_dir)
     lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
+    started = time.perf_counter()
     report = _inventory(raw, lake, config_dir, progress=progress)
     _print_inventory(report)
+    calibrated, measured = [], None
     if report.usable:
-        _calibrate(lake, config_dir, progress=progress, force=force)
+        calibrated = _calibrate(lake, config_dir, progress=progress, force=force)
         if field_cfg.reference is not None:
-            _astrometry_and_photometry(field_cfg, lake, config_dir, reference_base=reference_base or Path.cwd(), progress=progress)
+            measured = _astrometry_and_photometry(field_cfg, lake, config_dir, reference_base=reference_base or Path.cwd(), progress=progress)
+    _print_night_summary(report, calibrated, measured, time.perf_counter() - started)
     return report
+
+
+def _print_night_summary(report, calibrated, measured, seconds: float) -> None:
+    """Per night: science frames new to the lake, calibrated, solved, flux-calibrated, cloudy, and
+    light-curve points committed; then the quarantine and the wall time."""
+    new = defaultdict(int)
+    for (_, night, kind), count in report.frames_by_kind.items():
+        if kind == "science":
+            new[night] += count
+    calibration = defaultdict(lambda: [0, 0])
+    for result in calibrated or []:
+        calibration[result.night][0] += result.science - len(result.failed)
+        calibration[result.night][1] += len(result.failed)
+    photometry = defaultdict(lambda: defaultdict(int))
+    for row in measured.nights if measured is not None else []:
+        for key in ("frames", "solved", "calibrated", "cloudy", "points"):
+            photometry[row["night"]][key] += row[key]
+    nights = sorted(set(new) | set(calibration) | set(photometry))
+    if nights:
+        table = Table(title="science frames per night", caption="calib./failed: calibrated or not now (- : already); zp: flux-calibrated; points: light-curve points committed", show_edge=False)
+        for column in ("night", "new", "calib.", "failed", "meas.", "solved", "zp", "cloudy", "points"):
+            table.add_column(column, justify="left" if column == "night" else "right", no_wrap=True)
+        for night in nights:
+            done, failed = calibration.get(night, ("-", "-"))
+            p = photometry.get(night, {})
+            table.add_row(str(night), str(new.get(night, 0)), str(done), str(failed), *(str(p.get(k, "-")) for k in ("frames", "solved", "calibrated", "cloudy", "points")))
+        console.print(table)
+    quarantined = f"{report.new_quarantined} new files quarantined ({report.total_quarantined} in all; reasons in the quarantine table)" if report.total_quarantined else "nothing quarantined"
+    console.print(f"{quarantined}; wall time {seconds:.0f} s")
 
 
 def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, reference_base: Path, progress: bool):

@@ -249,6 +249,7 @@ class StackConfig:
     scene_detect_sigma: float = 1.2  # stack measurement: stars found on the image with the fitted ones subtracted, at this threshold (0: none)
     scene_passes: int = 1  # how many times they are looked for, each time with those found before fitted
     forced_iterations: int = 4  # of the stack's forced fit (photometry.forced_iterations on frames): crowded deep stacks converge slower
+    background_without_stars: bool = True  # stack measurement: the background mapped again with the fitted stars subtracted
     scheduler: str = "processes"  # Dask scheduler of the graph over tiles
     workers: int = 2
 

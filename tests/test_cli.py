@@ -58,6 +58,10 @@ def test_simulate_then_ingest(tmp_path, monkeypatch):
     assert (tmp_path / "raw" / "f02-truth" / "standard_library.parquet").exists()
     ingest = CliRunner().invoke(main, ["ingest", "--field", "f02", "--quiet"])  # raw/f02 and lake from the field config
     assert ingest.exit_code == 0, ingest.output
+    summary = ingest.output[ingest.output.index("science frames per night") :]
+    night_row = next(line for line in summary.splitlines() if line.strip().startswith("2023"))
+    assert [cell.strip() for cell in night_row.split("│")][1:3] == ["1", "1"]  # one new frame, calibrated
+    assert "wall time" in summary
     frames = pq.read_table(tmp_path / "lake/tables/frames.parquet").to_pandas()
     assert (frames.type == "science").sum() == 1 and set(frames.telescope) == {"MST3"}
 
@@ -67,3 +71,11 @@ def test_bad_arguments_are_clear(tmp_path):
     assert result.exit_code == 2 and "MST9" in result.output
     result = CliRunner().invoke(main, ["ingest", "--field", "f99"])
     assert result.exit_code == 2 and "f99" in result.output
+
+
+def test_a_cluster_that_cannot_be_used_is_a_clear_error(tmp_path):
+    both = CliRunner().invoke(main, ["ingest", "--field", "f02", "--workers", "2", "--scheduler", "tcp://127.0.0.1:9", "--lake", str(tmp_path / "lake")])
+    assert both.exit_code == 2 and "not both" in both.output
+    nobody = CliRunner().invoke(main, ["ingest", "--field", "f02", "--scheduler", "tcp://127.0.0.1:9", "--raw", str(tmp_path), "--lake", str(tmp_path / "lake")])
+    assert nobody.exit_code == 2 and "no Dask scheduler answers at tcp://127.0.0.1:9" in nobody.output
+    assert not (tmp_path / "lake").exists()  # nothing was started

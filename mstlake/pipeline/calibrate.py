@@ -27,7 +27,7 @@ from mstlake.lake import cubes
 from mstlake.lake.rawfiles import read_frame, read_rows
 from mstlake.lake.tables import read_table, update_column, write_table_atomic
 from mstlake.paths import LakePaths
-from mstlake.pipeline.progress import dask_progress
+from mstlake.pipeline.execute import compute
 from mstlake.schemas import load_schema
 
 
@@ -275,10 +275,9 @@ def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telesc
         graph += planned
         results += [entry[0] for entry in planned]
 
-    total = sum(len(t) for _, staged, _ in graph for *_, t in staged)
     to_compute = [(staged_tasks, extras) for _, staged, extras in graph for staged_tasks in [[t for *_, t in staged]]]
-    with dask_progress("calibrating science frames", total, key_prefix="calibrate-science", enabled=progress):
-        computed = dask.compute(to_compute, scheduler=cfg.scheduler, num_workers=cfg.workers)[0]
+    tracked = [t for _, staged, _ in graph for *_, tasks in staged for t in tasks]
+    computed = compute([dask.delayed(to_compute)], tracked=tracked, description="calibrating science frames", scheduler=cfg.scheduler, workers=cfg.workers, progress=progress)[0]
 
     now = dt.datetime.now(dt.UTC)
     log_rows: dict[int, dict] = {}

@@ -21,7 +21,7 @@ import mstlake
 from mstlake.config import FieldConfig, InstrumentConfig, InventoryConfig
 from mstlake.lake.tables import read_table, write_table_atomic
 from mstlake.paths import LakePaths
-from mstlake.pipeline.progress import dask_progress
+from mstlake.pipeline.execute import compute
 from mstlake.raw.inventory import FileFacts, build_inventory, examine_bytes, unreadable
 from mstlake.schemas import load_schema
 
@@ -95,8 +95,7 @@ def run_inventory(
             todo.append(str(path))
 
     tasks = [dask.delayed(_examine_path, pure=False)(p, config, instrument.detector.saturation_adu, dask_key_name=f"inventory-file-{i}") for i, p in enumerate(todo)]
-    with dask_progress(f"inventory of {raw_dir.name}", len(tasks), key_prefix="inventory-file", enabled=progress):
-        facts = list(dask.compute(*tasks, scheduler=config.scheduler, num_workers=config.workers)) if tasks else []
+    facts = compute(tasks, tracked=tasks, description=f"inventory of {raw_dir.name}", scheduler=config.scheduler, workers=config.workers, progress=progress)
 
     # a quarantined file that now reads fine (replaced by a good copy) leaves quarantine
     refreshed = {f.path for f in facts}

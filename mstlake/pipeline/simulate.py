@@ -22,7 +22,7 @@ import mstlake
 from mstlake.astro import night_to_mjd_local_noon
 from mstlake.config import FieldConfig, InstrumentConfig, SimulationConfig
 from mstlake.paths import SimulationPaths
-from mstlake.pipeline.progress import dask_progress
+from mstlake.pipeline.execute import compute
 from mstlake.schemas import load_schema
 from mstlake.simulate.frames import ExposureResult, Survey, build_survey, make_exposure, rng_for
 from mstlake.simulate.schedule import Exposure, plan_night
@@ -200,8 +200,7 @@ def simulate(
     _write_static_truth(survey, paths, nights)
 
     tasks = [dask.delayed(_write_exposure, pure=False)(survey, exposure, paths, dask_key_name=f"simulate-exposure-{i}") for i, exposure in enumerate(plans)]
-    with dask_progress("simulating exposures", len(tasks), key_prefix="simulate-exposure", enabled=progress):
-        truths = list(dask.compute(*tasks, scheduler=scheduler, num_workers=workers))
+    truths = compute(tasks, tracked=tasks, description="simulating exposures", scheduler=scheduler, workers=workers, progress=progress)
     if request.with_bad_files:
         truths += _bad_files(survey, plans, paths)
 

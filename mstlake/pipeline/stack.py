@@ -32,7 +32,7 @@ from mstlake.lake import cubes, healpix
 from mstlake.lake.tables import read_table
 from mstlake.paths import LakePaths
 from mstlake.phot.surface import Surface
-from mstlake.pipeline.progress import dask_progress
+from mstlake.pipeline.execute import compute
 from mstlake.raw.inventory import frame_id_from_sha256
 from mstlake.schemas import load_cube_schema, load_schema
 from mstlake.stack import grid as stack_grid
@@ -50,11 +50,13 @@ class FrameSelection:
 
     nights: tuple[int, ...] = ()  # these nights only (empty: all)
     first_n: int | None = None  # the first N frames, in time, of what the rest chooses
+    skip: int = 0  # frames passed over (in time) before the first chosen: with first_n, the next N
     include_cloudy: bool = False  # frames flagged cloudy are left out unless this is set
 
     def describe(self) -> str:
         nights = "all nights" if not self.nights else (f"night {self.nights[0]}" if len(self.nights) == 1 else f"nights {min(self.nights)}-{max(self.nights)} ({len(self.nights)})")
-        return nights + (f", first {self.first_n} frames" if self.first_n else "") + (", cloudy frames included" if self.include_cloudy else "")
+        span = (f"frames {self.skip + 1}-{self.skip + self.first_n}" if self.first_n else f"frames from {self.skip + 1}") if self.skip else (f"first {self.first_n} frames" if self.first_n else "")
+        return nights + (f", {span}" if span else "") + (", cloudy frames included" if self.include_cloudy else "")
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,7 @@ def select_frames(lake: LakePaths, field: str, band: str, selection: FrameSelect
         reasons[(reasons == "") & chosen.cloudy.fillna(False).astype(bool)] = "cloudy"
     left_out = reasons[reasons != ""].value_counts().to_dict()
     chosen = chosen[reasons == ""].sort_values("mjd")
-    if selection.first_n:
-        chosen = chosen.iloc[: selection.first_n]
+    chosen = chosen.iloc[selection.skip : selection.skip + selection.first_n if selection.first_n else None]
     if chosen.empty:
         raise StackError(f"no frame of field {field!r}, band {band!r} ({selection.describe()}) is solved, flux-calibrated and clear: left out {left_out}")
     return chosen.reset_index(), left_out
@@ -163,7 +164,7 @@ def stack_field(lake: LakePaths, field_cfg: FieldConfig, band: str, selection: F
     chosen (``<first night>-<last night>-n<frames>``)."""
     frames, left_out = select_frames(lake, field_cfg.name, band, selection)
     grid = stack_grid_for(field_cfg, frames, pixel_scale_arcsec=instrument.detector.pixel_scale_arcsec, cfg=cfg)
-    name = name or default_name(frames)
+    name = name or default_name(frames, skip=selection.skip)
     store, fits_path = lake.stack(field_cfg.name, band, name), lake.stack_fits(field_cfg.name, band, name)
     provenance = {"field": field_cfg.name, "band": band, "selection": selection.describe()}
     n_tiles = stack_frames(frames, grid, store, fits_path if fits_file else None, cfg=cfg, provenance=provenance, progress=progress)
@@ -193,8 +194,7 @@ def stack_frames(frames: pd.DataFrame, grid: stack_grid.FieldGrid, store: Path, 
         record["weight"] = float(weight)
     tiles = grid.tiles()
     tasks = [dask.delayed(_tile_task)(str(staging), tile.y, tile.x, tile.wcs.to_header(relax=True).tostring(), tile.shape, records, zero_point_ref, cfg, dask_key_name=f"stack-tile-{tile.index[0]}-{tile.index[1]}") for tile in tiles]
-    with dask_progress(f"stacking {len(frames)} frames ({provenance.get('band', '')}) on {len(tiles)} tiles", len(tasks), key_prefix="stack-tile-", enabled=progress):
-        dask.compute(*tasks, scheduler=cfg.scheduler, num_workers=cfg.workers)
+    compute(tasks, tracked=tasks, description=f"stacking {len(frames)} frames ({provenance.get('band', '')}) on {len(tiles)} tiles", scheduler=cfg.scheduler, workers=cfg.workers, progress=progress)
     finish_stack(staging, store, fits_path)
     return len(tiles)
 
@@ -232,9 +232,11 @@ def typical_variance(store: Path, index: int, *, block_px: int = 512) -> float:
     return float(np.median(values)) if values.size else float(np.nanmedian(block["variance"].values))
 
 
-def default_name(frames: pd.DataFrame) -> str:
+def default_name(frames: pd.DataFrame, *, skip: int = 0) -> str:
+    """<first night>[-<last night>]-n<frames>[-from<first frame's rank>]: two runs of N frames
+    within one night are told apart by where they start."""
     first, last = int(frames.night.min()), int(frames.night.max())
-    return f"{first}-n{len(frames)}" if first == last else f"{first}-{last}-n{len(frames)}"
+    return (f"{first}-n{len(frames)}" if first == last else f"{first}-{last}-n{len(frames)}") + (f"-from{skip + 1}" if skip else "")
 
 
 def stack_identity(field: str, band: str, frame_ids, provenance: dict) -> int:
@@ -250,6 +252,7 @@ class StackMeasurement:
     sources: pa.Table  # the deep catalogue (``stack_sources``)
     forced: pd.DataFrame  # forced photometry of the reference stars on the stack (x, y, flux, flux_err, mag, mag_err, reference_index)
     snapshot: int | None  # the archive snapshot that added it (None: already there)
+    photometry: object = None  # the final ``FramePhotometry``: its PSF model, fitted scene and zero-point surface
 
 
 def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, stack_cfg: StackConfig, archive_cfg: ArchiveConfig, commit: bool = True, replace: bool = False) -> StackMeasurement:
@@ -289,12 +292,17 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     blank = {"radius_px": max(fwhm, 1.5), "sources_xy": extraction.sources[["x", "y"]].to_numpy(), "avoid_px": 2.5 * max(fwhm, 1.5)}
     correlation = noise_correlation(residual, extraction.background_noise**2, bad, **blank)
     extraction, variance = _noise_scaled(extraction, variance, psf_fit=correlation, apertures=noise_correlation(residual, variance, bad, **blank))
-    if stack_cfg.scene_detect_sigma > 0 and stack_cfg.scene_passes > 0:
+    scene_search = stack_cfg.scene_detect_sigma > 0 and stack_cfg.scene_passes > 0
+    if stack_cfg.background_without_stars or scene_search:
+        first = current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
+    if stack_cfg.background_without_stars:
+        extraction, residual = background_without_stars(image, mask, extraction, first)
+        first = current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
+    if scene_search:
         # a deep stack is crowded with stars the first detection misses (faint ones, and those
         # in brighter stars' wings); unmodelled, their light is noise to every forced
         # measurement near them. They are found on the image with every fitted star subtracted
         # (DAOPHOT's second pass), fitted with the rest, and looked for again around them.
-        first = current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
         for search in range(stack_cfg.scene_passes):
             found = find_unmodelled(residual, variance, mask, current.psf, current.scene, thresh=stack_cfg.scene_detect_sigma, minarea=astrometry_cfg.min_area_px)
             extraction = dataclasses.replace(extraction, sources=pd.concat([extraction.sources, found], ignore_index=True))
@@ -316,7 +324,7 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     # the depth of the area every frame (or nearly) covers: the grid's edges see fewer frames
     full_depth = frames_at(count, forced.x.values, forced.y.values) >= FULL_DEPTH_FRACTION * count.max()
     forced = forced.assign(full_depth=full_depth)
-    depth = depth_5sigma(forced.flux.values[full_depth], forced.flux_err.values[full_depth], measured.zero_point(forced.x.values[full_depth], forced.y.values[full_depth])) if measured.zero_point is not None else None
+    depth = depth_5sigma(forced.flux.values[full_depth], forced.flux_err.values[full_depth], measured.zero_point(forced.x.values[full_depth], forced.y.values[full_depth]), gain=gain) if measured.zero_point is not None else None
     stack_id = stack_identity(provenance["field"], band, frame_ids, provenance)
     centre = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
     index = int(healpix.spatial_index([float(centre[0])], [float(centre[1])])[0])
@@ -338,7 +346,25 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
         from mstlake.lake.archive import Archive
 
         snapshot = Archive(lake, archive_cfg).commit_stack(stack_row, sources, message=f"stack {provenance['field']} {band} {Path(store).stem}", replace=replace)
-    return StackMeasurement(stack_row, sources, forced, snapshot)
+    return StackMeasurement(stack_row, sources, forced, snapshot, measured)
+
+
+def background_without_stars(image: np.ndarray, mask: np.ndarray, extraction, measured) -> tuple:
+    """The background mapped again on the image with every fitted star subtracted. A deep stack's
+    faint stars crowd every background cell, and the first map, made with them in, sits high by a
+    share of their light: subtracted, that takes a fixed amount off every star nearby (5% of an
+    S/N-10 star's flux at N = 8, and a different amount from one cell to the next). The rms map
+    stays the first one's (already scaled to the noise sums show). Returns the extraction with the
+    new background and the image minus it."""
+    import sep
+
+    from mstlake.astrom import extract
+    from mstlake.phot import psf as psf_kernels
+
+    scene = measured.scene
+    stars = psf_kernels.model_image(image.shape, measured.psf, scene.x.values, scene.y.values, np.nan_to_num(scene.flux.values))
+    background = sep.Background(np.ascontiguousarray(image - stars, dtype=np.float32), mask=extract.hidden_pixels(mask)).back()
+    return dataclasses.replace(extraction, background=background), image - background
 
 
 def _noise_scaled(extraction, variance: np.ndarray, *, psf_fit: float, apertures: float):
@@ -407,19 +433,24 @@ def frames_at(count: np.ndarray, x, y) -> np.ndarray:
     return np.where(inside, count[np.clip(iy, 0, count.shape[0] - 1), np.clip(ix, 0, count.shape[1] - 1)], 0)
 
 
-def depth_5sigma(flux: np.ndarray, flux_err: np.ndarray, zero_point: np.ndarray, *, faint_snr: float = 20.0) -> float | None:
+def depth_5sigma(flux: np.ndarray, flux_err: np.ndarray, zero_point: np.ndarray, *, gain: float | None = None, faint_snr: float = 20.0) -> float | None:
     """The magnitude of a point source its PSF photometry measures at S/N = 5: the median, over
     the stars the sky's noise dominates (S/N < ``faint_snr``), of zero point - 2.5 log10(5 x flux
     error). From the errors, not from the faint stars' measured magnitudes: those that pass an S/N
     cut are the ones noise pushed up (a fit of S/N against measured magnitude comes out ~0.5 mag
-    too deep)."""
+    too deep). With ``gain`` (e-/ADU) each error loses its star's own photon noise first: a
+    point source at S/N 5 has next to none, while the stars that measure the noise range up to
+    S/N 20, and which of them a catalogue holds changes with the depth (a library ending at
+    g ~ 21.7 gives a deep stack only S/N > 5 stars, a single frame S/N < 5 ones)."""
     flux, flux_err, zero_point = (np.asarray(a, float) for a in (flux, flux_err, zero_point))
     good = np.isfinite(flux) & np.isfinite(zero_point) & (flux_err > 0)
     faint = good & (flux / np.where(flux_err > 0, flux_err, 1) < faint_snr)
     use = faint if faint.sum() >= 10 else good
     if use.sum() < 10:
         return None
-    return float(np.median(zero_point[use] - 2.5 * np.log10(5 * flux_err[use])))
+    sky_variance = flux_err[use] ** 2 - (np.maximum(flux[use], 0) / gain if gain else 0.0)
+    sky_noise = np.sqrt(np.maximum(sky_variance, 0.25 * flux_err[use] ** 2))
+    return float(np.median(zero_point[use] - 2.5 * np.log10(5 * sky_noise)))
 
 
 CATALOGUE_MIN_SNR_FOUND_ON_RESIDUAL = 5.0  # below it, what the second pass found is fitted but not catalogued (noise peaks, mostly)

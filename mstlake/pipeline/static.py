@@ -17,7 +17,7 @@ the reason and the rest go on. Outputs:
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 
 import dask
 import numpy as np
@@ -37,7 +37,7 @@ from mstlake.paths import LakePaths
 from mstlake.phot import aperture as ap
 from mstlake.phot.frame import FramePhotometry, photometer_frame
 from mstlake.phot.magfit import magfit
-from mstlake.pipeline.progress import dask_progress
+from mstlake.pipeline.execute import compute
 from mstlake.schemas import load_schema
 
 
@@ -48,6 +48,7 @@ class StaticResult:
     cloudy: list[int]
     failed: list[tuple[int, str]]  # frames without a WCS
     uncalibrated: list[tuple[int, str]]  # solved frames without a zero point
+    nights: list[dict] = dataclass_field(default_factory=list)  # per band and night: frames, solved, calibrated, cloudy, points (light-curve points committed)
 
 
 _UNSOLVED = {
@@ -137,13 +138,16 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     pixel_scale_deg = instrument.detector.pixel_scale_arcsec / 3600
     gain = instrument.detector.gain_e_per_adu
     magfit_cfg = magfit_cfg or MagfitConfig()
-    per_cube, n_frames = [], 0
+    per_cube = []
     positions = table[["source_id", "ra", "dec"]].assign(colour=table.mag_g - table.mag_r if {"mag_g", "mag_r"} <= set(table.columns) else np.nan)
     positions["_healpix_29"] = healpix.spatial_index(positions.ra.values, positions.dec.values)
     # objects the library lacks, known to the archive when the run starts, are measured too (their
     # light curves then have points on every frame, non-detections included)
     extra = new_objects(lake).to_pandas().rename(columns={"object_id": "source_id"})
     positions = pd.concat([positions, extra.assign(colour=np.nan)], ignore_index=True)
+    # one copy of the catalogues in the graph, shipped once to each worker rather than with every frame
+    shared_table, shared_extra = dask.delayed(table, name=f"static-reference-{field}"), dask.delayed(extra, name=f"static-extra-objects-{field}")
+    frame_tasks = []
     for _, band, night, store in lake.field_cubes(field):
         tasks = []
         frame_ids = cubes.open_store(store).frame_id.values
@@ -151,14 +155,18 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
             row = frames.loc[int(frame_id)]
             keys = {"frame_id": int(frame_id), "field": field, "band": band, "night": night}
             pointing = (float(row.ra_pointing), float(row.dec_pointing))
-            tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, table, extra, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
-        n_frames += len(tasks)
+            tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, shared_table, shared_extra, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
+        frame_tasks += tasks
         inventory = frames.loc[[int(fid) for fid in frame_ids]]
         per_cube.append(dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, inventory=inventory, archive_cfg=archive_cfg, magfit_cfg=magfit_cfg, dask_key_name=f"static-night-{field}-{band}-{night}"))
-    with dask_progress("astrometry and photometry", n_frames, key_prefix="static-frame-", enabled=progress):
-        nights = list(dask.compute(*per_cube, scheduler=astrometry_cfg.scheduler, num_workers=astrometry_cfg.workers))
+    nights = compute(per_cube, tracked=frame_tasks, description="astrometry and photometry", scheduler=astrometry_cfg.scheduler, workers=astrometry_cfg.workers, progress=progress)
     astrometry_rows = [row for night in nights for row in night[0]]
     photometry_rows = [row for night in nights for row in night[1]]
+    per_night = [
+        {"band": photometry[0]["band"], "night": photometry[0]["night"], "frames": len(photometry), "solved": sum(r["status"] == "solved" for r in astrometry),
+         "calibrated": sum(r["status"] == "calibrated" for r in photometry), "cloudy": sum(bool(r["cloudy"]) and r["status"] == "calibrated" for r in photometry), "points": points}
+        for astrometry, photometry, points in nights if photometry
+    ]
     now = dt.datetime.now(dt.UTC)
     for row in astrometry_rows:
         row["solved_at"] = now
@@ -173,13 +181,14 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
         cloudy=[r["frame_id"] for r in photometry_rows if r["cloudy"] and r["status"] == "calibrated"],
         failed=[(r["frame_id"], r["reason"]) for r in astrometry_rows if r["status"] != "solved"],
         uncalibrated=[(r["frame_id"], r["reason"]) for r in photometry_rows if r["status"] != "calibrated" and not r["reason"].startswith("not solved")],
+        nights=per_night,
     )
 
 
-def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results, *, reference: pd.DataFrame, inventory: pd.DataFrame, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig) -> tuple[list[dict], list[dict]]:
+def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results, *, reference: pd.DataFrame, inventory: pd.DataFrame, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig) -> tuple[list[dict], list[dict], int]:
     """Write one night's sources and forced photometry (whole files, atomically) and the frames'
     WCS into the cube's attributes, commit the night's frames, detections and light-curve points
-    to the archive (one snapshot); pass the rows on."""
+    to the archive (one snapshot); pass the rows on, with the number of light-curve points."""
     cubes.set_frame_wcs(store, {r[0]["frame_id"]: r[0]["wcs_header"] for r in results if r[0]["wcs_header"]})
     sources = [r[2] for r in results if r[2] is not None]
     forced = [r[3] for r in results if r[3] is not None]
@@ -199,7 +208,7 @@ def _write_night(lake: LakePaths, field: str, band: str, night: int, store, resu
             night_tables["forced"], night_tables["frames"], masters = magfit_night(lake, night_tables["forced"], night_tables["frames"], reference, band, magfit_cfg)
         library = pa.table({"source_id": reference.source_id.values, "ra": reference.ra.values, "dec": reference.dec.values})
         Archive(lake, archive_cfg).commit(night_tables, message=f"{field} {band} night {night}", library=library, masters=masters)
-    return astrometry_rows, photometry_rows
+    return astrometry_rows, photometry_rows, night_tables["forced"].num_rows if results and "forced" in night_tables else 0
 
 
 def archive_frames(astrometry_rows: list[dict], photometry_rows: list[dict], inventory: pd.DataFrame, *, partition_order: int) -> pa.Table:

@@ -95,3 +95,31 @@ def test_artificial_stars_read_the_sky_noise_and_the_unmodelled_stars(crowded):
     after = artificial_star_scatter(image, noise, scene=fitted, flux=10 * claimed, **probe)
     assert before > 1.3 * claimed
     assert after < claimed + 0.5 * (before - claimed)
+
+
+def test_the_background_mapped_without_the_fitted_stars_is_the_sky():
+    """A sky crowded with faint stars: sep's map made with them in sits high by a share of their
+    light; made again on the image with the fitted stars subtracted, it is the sky."""
+    from types import SimpleNamespace
+
+    from mstlake.pipeline.stack import background_without_stars
+
+    rng = np.random.default_rng(5)
+    sky, n_faint = 200.0, 1200
+    gx, gy = np.meshgrid(np.arange(8), np.arange(5))
+    bright_x, bright_y = 30 + gx.ravel() * 50 + rng.uniform(0, 1, gx.size), 30 + gy.ravel() * 55 + rng.uniform(0, 1, gx.size)
+    x = np.concatenate([bright_x, rng.uniform(5, SHAPE[1] - 5, n_faint)])
+    y = np.concatenate([bright_y, rng.uniform(5, SHAPE[0] - 5, n_faint)])
+    flux = np.concatenate([np.full(bright_x.size, 2e5), rng.uniform(300, 1500, n_faint)])
+    truth = moffat_stars(SHAPE, x, y, flux, fwhm=FWHM)
+    image = (sky + truth + rng.normal(0, np.sqrt(SKY_VARIANCE), SHAPE)).astype(np.float32)
+    mask = np.zeros(SHAPE, np.uint8)
+    extraction = extract.extract_sources(image, np.full(SHAPE, SKY_VARIANCE, np.float32), mask, thresh=3.0, minarea=5)
+    first_excess = float(np.median(extraction.background)) - sky
+    model = psf_kernels.build_psf(image - sky, np.full(SHAPE, SKY_VARIANCE), np.zeros(SHAPE, bool), bright_x, bright_y, flux[: bright_x.size], fwhm=FWHM, gain=1.0, degree=0)
+    measured = SimpleNamespace(psf=model, scene=pd.DataFrame({"x": x, "y": y, "flux": flux}))
+    again, residual = background_without_stars(image, mask, extraction, measured)
+    assert first_excess > 2.0  # of the ~9 ADU a pixel the faint stars add on average
+    assert abs(float(np.median(again.background)) - sky) < 0.25 * first_excess
+    np.testing.assert_allclose(residual, image - again.background)
+    assert again.background_noise is extraction.background_noise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +268,7 @@ def test_a_stack_keeps_star_fluxes_beats_one_frames_noise_and_is_measured_into_t
     assert len(bright) >= 15 and abs(np.median(offset)) < 0.02 and np.std(offset) < 0.03
     # deeper than one frame by about 2.5 log10 sqrt(N)
     single = pd_read_forced(lake, clear_g.frame_id.iloc[0])
-    single_depth = _depth(single.flux.values, single.flux_err.values, single.zero_point.values)
+    single_depth = _depth(single.flux.values, single.flux_err.values, single.zero_point.values, gain=instrument.detector.gain_e_per_adu)
     gain = 1.25 * np.log10(len(result.frames))
     assert row["depth_5sigma_mag"] - single_depth > 0.7 * gain, (row["depth_5sigma_mag"], single_depth)
     assert 0.9 < row["psf_fwhm_px"] / row["inputs_fwhm_px"] < 1.05
@@ -293,10 +294,10 @@ def pd_read_forced(lake, frame_id):
     return table[table.frame_id == frame_id]
 
 
-def _depth(flux, flux_err, zero_point):
+def _depth(flux, flux_err, zero_point, *, gain):
     from mstlake.pipeline.stack import depth_5sigma
 
-    return depth_5sigma(flux, flux_err, zero_point)
+    return depth_5sigma(flux, flux_err, zero_point, gain=gain)
 
 
 def test_tiles_stacked_in_worker_processes_join_without_a_seam(solved_lake, instrument, pipeline_config):
@@ -372,3 +373,89 @@ def test_a_track_and_cosmic_rays_the_masks_missed_stay_out_of_a_stack_and_a_tran
     aperture = np.hypot(xx - transient_xy[0], yy - transient_xy[1]) < 6
     kept = np.nansum((stacked.image - clean.image)[aperture])
     assert 0.6 * 3e4 < kept < 1.05 * 3e4  # two of three frames: 2/3 of its flux in the mean, or all of it where the third was dropped
+
+
+def test_runs_of_n_consecutive_frames_are_disjoint_and_named_apart(solved_lake):
+    from mstlake.pipeline.stack import FrameSelection, StackError, default_name, select_frames
+
+    _, lake, field, _ = solved_lake
+    every, _ = select_frames(lake, field.name, "g", FrameSelection())
+    assert len(every) >= 3
+    first, _ = select_frames(lake, field.name, "g", FrameSelection(first_n=2))
+    rest, _ = select_frames(lake, field.name, "g", FrameSelection(first_n=2, skip=2))
+    assert list(first.frame_id) + list(rest.frame_id) == list(every.frame_id[: len(first) + len(rest)])
+    assert not set(first.frame_id) & set(rest.frame_id)
+    assert default_name(first) != default_name(rest, skip=2)
+    assert "frames 3-4" in FrameSelection(first_n=2, skip=2).describe()
+    with pytest.raises(StackError, match="frames from"):
+        select_frames(lake, field.name, "g", FrameSelection(skip=len(every)))
+
+
+def _table_digest(lake) -> dict:
+    """Row counts and content sums of the tables a night's ingest writes."""
+    import pandas as pd
+
+    digest = {}
+    for name in ("astrometry", "photometry"):
+        table = read_table(getattr(lake, f"{name}_table"), load_schema(name)).to_pandas().sort_values("frame_id")
+        numbers = table.select_dtypes("number")
+        digest[name] = (len(table), tuple(np.round(numbers.fillna(0).sum().to_numpy(), 6)))
+    forced = pd.concat([pd.read_parquet(p) for p in sorted(Path(lake.forced_dir).rglob("*.parquet"))])
+    digest["forced"] = (len(forced), round(float(np.nansum(forced.flux)), 3), round(float(np.nansum(forced.flux_err)), 3))
+    return digest
+
+
+def test_the_pipeline_on_a_local_dask_cluster_gives_what_the_local_schedulers_give(small_simulation, solved_lake, fields, instrument, pipeline_config, tmp_path):
+    from mstlake.lake.refcat import load_reference
+    from mstlake.pipeline.calibrate import calibrate_nights
+    from mstlake.pipeline.execute import cluster, current_client
+    from mstlake.pipeline.inventory import run_inventory
+    from mstlake.pipeline.static import measure_field
+
+    paths, _ = small_simulation
+    _, local_lake, field, _ = solved_lake
+    lake = LakePaths(tmp_path / "lake")
+    with cluster(workers=2) as client:
+        assert current_client() is client and len(client.scheduler_info()["workers"]) == 2
+        run_inventory(paths.raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
+        calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False)
+        reference = load_reference(field, lake, base=paths.raw)
+        measure_field(lake, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, magfit_cfg=pipeline_config.magfit, progress=False)
+    assert current_client() is None
+    assert _table_digest(lake) == _table_digest(local_lake)
+
+
+def test_a_stack_made_through_a_running_scheduler_and_two_workers_is_the_local_one(solved_lake, instrument, pipeline_config, tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on loopback, reached by address."""
+    import subprocess
+    import sys
+    import time
+
+    from mstlake.pipeline.execute import cluster
+    from mstlake.pipeline.stack import FrameSelection, open_stack, stack_field
+
+    _, lake, field, _ = solved_lake
+    scheduler_file = tmp_path / "scheduler.json"
+    common = ["--dashboard-address", ":0"]
+    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(scheduler_file), *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(120):
+            if scheduler_file.exists() and scheduler_file.stat().st_size:
+                break
+            time.sleep(0.5)
+        address = json.loads(scheduler_file.read_text())["address"]
+        processes += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--host", "127.0.0.1", *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+        cfg = _stack_config(pipeline_config, tile_px=512)
+        local = stack_field(lake, field, "g", FrameSelection(), instrument=instrument, cfg=cfg, name="on-this-machine", fits_file=False, progress=False)
+        with cluster(scheduler_address=address) as client:
+            client.wait_for_workers(2, timeout=120)
+            remote = stack_field(lake, field, "g", FrameSelection(), instrument=instrument, cfg=cfg, name="on-the-cluster", fits_file=False, progress=False)
+            assert {w["host"] for w in client.scheduler_info()["workers"].values()} == {"127.0.0.1"}
+    finally:
+        for process in processes[::-1]:
+            process.terminate()
+            process.wait(timeout=60)
+    assert remote.n_tiles == local.n_tiles > 1
+    here, there = open_stack(local.store)[0], open_stack(remote.store)[0]
+    for plane in ("image", "variance", "count", "mask"):
+        np.testing.assert_array_equal(here[plane].values, there[plane].values)

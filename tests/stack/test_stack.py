@@ -236,3 +236,23 @@ def test_the_noise_correlation_is_one_for_white_noise_and_measures_what_smoothin
     expected = np.std(sums) / np.sqrt(per_pixel[0, 0] * np.sum(np.hypot(*np.mgrid[-3:4, -3:4]) <= 3))
     measured = noise_correlation(smooth, per_pixel, bad, radius_px=3.0, sources_xy=no_sources, avoid_px=0)
     assert expected > 2 and abs(measured / expected - 1) < 0.1
+
+
+def test_the_5_sigma_depth_is_the_skys_whatever_stars_measure_it():
+    """Two catalogues of the same image, one of faint stars and one of S/N 10-20 ones: with the
+    gain, both give the depth the sky's noise sets; without it, the brighter ones' own photon noise
+    makes the depth shallower."""
+    from mstlake.pipeline.stack import depth_5sigma
+
+    rng = np.random.default_rng(4)
+    zero_point, sky_noise, gain = 25.0, 40.0, 2.0
+    truth = zero_point - 2.5 * np.log10(5 * sky_noise)
+    depths = {}
+    for name, (low, high) in {"faint": (1.0, 5.0), "brighter": (12.0, 18.0)}.items():
+        true_flux = sky_noise * rng.uniform(low, high, 400)
+        error = np.sqrt(sky_noise**2 + true_flux / gain)
+        flux = true_flux + rng.normal(0, error)
+        depths[name] = (depth_5sigma(flux, error, np.full(flux.size, zero_point), gain=gain), depth_5sigma(flux, error, np.full(flux.size, zero_point)))
+    for name in depths:
+        assert abs(depths[name][0] - truth) < 0.01, (name, depths[name], truth)
+    assert depths["brighter"][1] < truth - 0.05
