@@ -250,6 +250,7 @@ class StackConfig:
     scene_passes: int = 1  # how many times they are looked for, each time with those found before fitted
     forced_iterations: int = 4  # of the stack's forced fit (photometry.forced_iterations on frames): crowded deep stacks converge slower
     background_without_stars: bool = True  # stack measurement: the background mapped again with the fitted stars subtracted
+    forced_match_radius_px: float = 2.0  # of the stack's forced fit (photometry.forced_match_radius_px on frames): a detection this near a catalogue star is its own
     scheduler: str = "processes"  # Dask scheduler of the graph over tiles
     workers: int = 2
 
@@ -266,6 +267,8 @@ class StackConfig:
             raise ConfigError(f"stack.tile_memory_gb must be positive, not {self.tile_memory_gb}")
         if self.forced_iterations < 1:
             raise ConfigError(f"stack.forced_iterations must be >= 1, not {self.forced_iterations}")
+        if self.forced_match_radius_px <= 0:
+            raise ConfigError(f"stack.forced_match_radius_px must be positive, not {self.forced_match_radius_px}")
         if self.scene_detect_sigma < 0 or self.scene_passes < 0:
             raise ConfigError(f"stack.scene_detect_sigma and stack.scene_passes must be >= 0, not {self.scene_detect_sigma} and {self.scene_passes}")
         if self.scheduler not in ("threads", "processes", "synchronous") or self.workers < 1:

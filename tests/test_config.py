@@ -37,8 +37,10 @@ def _copy_config(tmp_path, instrument_text_edit=None):
         ('aperture_correction = "model"', 'aperture_correction = "modle"', '"model" or "direct"'),
         ("scene_passes = 1", "scene_passes = -1", "stack.scene_passes must be >= 0"),
         ("forced_iterations = 4", "forced_iterations = 0", "stack.forced_iterations must be >= 1"),
+        ("forced_match_radius_px = 2.0", "forced_match_radius_px = 0.0", "stack.forced_match_radius_px must be positive"),
+        ("background_without_stars = true", 'background_without_stars = "yes"', "background_without_stars"),
     ],
-    ids=["unknown-key", "wrong-type", "unknown-aperture-correction", "negative-scene-passes", "stack-forced-fit-without-iterations"],
+    ids=["unknown-key", "wrong-type", "unknown-aperture-correction", "negative-scene-passes", "stack-forced-fit-without-iterations", "stack-match-radius", "stack-background-flag"],
 )
 def test_a_bad_setting_is_an_error_naming_it(tmp_path, setting, changed, message):
     directory = _copy_config(tmp_path, lambda text: text.replace(setting, changed))

@@ -272,7 +272,7 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     image = np.where(bad, 0.0, image).astype(np.float32)
     variance = np.where(bad, filler, variance).astype(np.float32)
     mask = np.where(bad, 1, 0).astype(np.uint8)  # bit 1: no data, as a bad pixel
-    photometry_cfg = dataclasses.replace(photometry_cfg, forced_iterations=stack_cfg.forced_iterations)
+    photometry_cfg = dataclasses.replace(photometry_cfg, forced_iterations=stack_cfg.forced_iterations, forced_match_radius_px=stack_cfg.forced_match_radius_px)
     extraction = extract.extract_sources(image, variance, mask, thresh=astrometry_cfg.detect_sigma, minarea=astrometry_cfg.min_area_px)
     ny, nx = image.shape
     ref_x, ref_y = wcs.world_to_pixel_values(reference.ra.values, reference.dec.values)
