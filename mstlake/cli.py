@@ -126,11 +126,12 @@ def inventory(raw_dir, lake_dir, quiet, config_dir):
 @click.option("--field", "field_name", required=True, help="Field to ingest (a file in ingest/fields/).")
 @click.option("--raw", "raw_dir", type=click.Path(path_type=Path), default=None, help="Raw directory (default: the field's raw_dir).")
 @click.option("--lake", "lake_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Lake directory (default: the field's lake_dir).")
+@click.option("--nights", default=None, help="Calibrate and measure these nights only: YYYYMMDD, comma-separated, or ranges FIRST-LAST (default: all; the inventory always reads the whole raw directory).")
 @click.option("--force", is_flag=True, help="Calibrate again nights whose cubes are already complete.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @cluster_options
 @CONFIG_OPTION
-def ingest(field_name, raw_dir, lake_dir, force, quiet, workers, scheduler_address, config_dir):
+def ingest(field_name, raw_dir, lake_dir, nights, force, quiet, workers, scheduler_address, config_dir):
     """Run every pipeline stage that exists on a field's raw data.
 
     Now: the inventory, then calibration (master bias, pepper-and-salt map, bad pixels, flats over
@@ -142,7 +143,7 @@ def ingest(field_name, raw_dir, lake_dir, force, quiet, workers, scheduler_addre
     committed to the archive in one snapshot.
     """
     with _on_cluster(scheduler_address, workers):
-        report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force)
+        report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force, nights=nights)
     if not report.usable:
         sys.exit(1)
 
@@ -439,7 +440,7 @@ def _inventory(raw_dir: Path, lake: LakePaths, config_dir, *, progress: bool):
         _fail(str(err))
 
 
-def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, force: bool = False, reference_base: Path | None = None):
+def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, force: bool = False, reference_base: Path | None = None, nights: str | None = None):
     try:
         field_cfg = cfg.load_field(field_name, config_dir)
     except cfg.ConfigError as err:
@@ -453,11 +454,28 @@ def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, f
     _print_inventory(report)
     calibrated, measured = [], None
     if report.usable:
-        calibrated = _calibrate(lake, config_dir, progress=progress, force=force)
+        chosen = _science_nights(lake, field_cfg.name, nights)
+        calibrated = _calibrate(lake, config_dir, progress=progress, force=force, nights=chosen)
         if field_cfg.reference is not None:
-            measured = _astrometry_and_photometry(field_cfg, lake, config_dir, reference_base=reference_base or Path.cwd(), progress=progress)
+            measured = _astrometry_and_photometry(field_cfg, lake, config_dir, reference_base=reference_base or Path.cwd(), progress=progress, nights=chosen)
     _print_night_summary(report, calibrated, measured, time.perf_counter() - started)
     return report
+
+
+def _science_nights(lake: LakePaths, field: str, text: str | None) -> tuple[int, ...]:
+    """``--nights`` against the nights of the field's science frames in the lake (empty: all)."""
+    from mstlake.lake.tables import read_table
+    from mstlake.pipeline.stack import StackError, parse_nights
+    from mstlake.schemas import load_schema
+
+    if not text:
+        return ()
+    frames = read_table(lake.frames_table, load_schema("frames")).to_pandas()
+    available = sorted({int(n) for n in frames.night[(frames.type == "science") & (frames.field == field)].dropna()})
+    try:
+        return parse_nights(text, available)
+    except StackError as err:
+        _fail(str(err))
 
 
 def _print_night_summary(report, calibrated, measured, seconds: float) -> None:
@@ -477,7 +495,7 @@ def _print_night_summary(report, calibrated, measured, seconds: float) -> None:
             photometry[row["night"]][key] += row[key]
     nights = sorted(set(new) | set(calibration) | set(photometry))
     if nights:
-        table = Table(title="science frames per night", caption="calib./failed: calibrated or not now (- : already); zp: flux-calibrated; points: light-curve points committed", show_edge=False)
+        table = Table(title="science frames per night", caption="calib./failed: calibrated in this run or not (-: not calibrated in this run); zp: flux-calibrated; points: light-curve points committed", show_edge=False)
         for column in ("night", "new", "calib.", "failed", "meas.", "solved", "zp", "cloudy", "points"):
             table.add_column(column, justify="left" if column == "night" else "right", no_wrap=True)
         for night in nights:
@@ -489,7 +507,7 @@ def _print_night_summary(report, calibrated, measured, seconds: float) -> None:
     console.print(f"{quarantined}; wall time {seconds:.0f} s")
 
 
-def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, reference_base: Path, progress: bool):
+def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, reference_base: Path, progress: bool, nights: tuple[int, ...] = ()):
     from mstlake.lake.refcat import ReferenceCatalogueError, load_reference
     from mstlake.pipeline.static import measure_field
 
@@ -499,7 +517,7 @@ def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, refere
         err_console.print(f"[yellow]astrometry and photometry skipped:[/] {escape(str(err))}", soft_wrap=True)
         return None
     pipeline = cfg.load_pipeline(config_dir)
-    result = measure_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, magfit_cfg=pipeline.magfit, progress=progress)
+    result = measure_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, magfit_cfg=pipeline.magfit, nights=nights, progress=progress)
     console.print(
         f"astrometry: {result.solved} frames solved, {len(result.failed)} not ({len(reference)} reference stars); solutions in [cyan]{lake.astrometry_table}[/]\n"
         f"photometry: {result.calibrated} frames flux-calibrated ({len(result.cloudy)} flagged cloudy); zero points in [cyan]{lake.photometry_table}[/], "
@@ -513,11 +531,11 @@ def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, refere
     return result
 
 
-def _calibrate(lake: LakePaths, config_dir, *, progress: bool, force: bool):
+def _calibrate(lake: LakePaths, config_dir, *, progress: bool, force: bool, nights: tuple[int, ...] = ()):
     from mstlake.pipeline.calibrate import CalibrationError, calibrate_nights
 
     try:
-        results = calibrate_nights(lake, instrument=cfg.load_instrument(config_dir), cfg=cfg.load_pipeline(config_dir).calibration, force=force, progress=progress)
+        results = calibrate_nights(lake, nights=list(nights) or None, instrument=cfg.load_instrument(config_dir), cfg=cfg.load_pipeline(config_dir).calibration, force=force, progress=progress)
     except (CalibrationError, cfg.ConfigError) as err:
         _fail(f"calibration: {err}")
     if not results:

@@ -79,3 +79,23 @@ def test_a_cluster_that_cannot_be_used_is_a_clear_error(tmp_path):
     nobody = CliRunner().invoke(main, ["ingest", "--field", "f02", "--scheduler", "tcp://127.0.0.1:9", "--raw", str(tmp_path), "--lake", str(tmp_path / "lake")])
     assert nobody.exit_code == 2 and "no Dask scheduler answers at tcp://127.0.0.1:9" in nobody.output
     assert not (tmp_path / "lake").exists()  # nothing was started
+
+
+def test_ingest_of_chosen_nights_then_of_the_rest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sim = CliRunner().invoke(main, ["simulate", "--nights", "2", "--frames-per-night", "1", "--telescopes", "MST3", "--scale", "0.03", "--seed", "6", "--out", str(tmp_path / "raw" / "f02")])
+    assert sim.exit_code == 0, sim.output
+    first = CliRunner().invoke(main, ["ingest", "--field", "f02", "--quiet", "--nights", "20230118"])
+    assert first.exit_code == 0, first.output
+    photometry = pq.read_table(tmp_path / "lake/tables/photometry.parquet").to_pandas()
+    frames = pq.read_table(tmp_path / "lake/tables/frames.parquet").to_pandas()
+    assert set(frames.night[frames.type == "science"]) == {20230118, 20230119}  # the inventory reads everything
+    assert set(photometry.night) == {20230118}
+    summary = first.output[first.output.index("science frames per night") :]
+    second = next(line for line in summary.splitlines() if line.strip().startswith("20230119"))
+    assert [cell.strip() for cell in second.split("│")][1:5] == ["1", "-", "-", "-"]  # new, not calibrated, not measured
+    rest = CliRunner().invoke(main, ["ingest", "--field", "f02", "--quiet"])
+    assert rest.exit_code == 0, rest.output
+    assert set(pq.read_table(tmp_path / "lake/tables/photometry.parquet").to_pandas().night) == {20230118, 20230119}
+    unknown = CliRunner().invoke(main, ["ingest", "--field", "f02", "--quiet", "--nights", "20240101"])
+    assert unknown.exit_code == 2 and "no night 20240101" in unknown.output

@@ -213,7 +213,7 @@ def parse_nights(text: str | None, available: list[int]) -> tuple[int, ...]:
             raise StackError(f"--nights: {part!r} is not a night YYYYMMDD or a range FIRST-LAST") from None
         inside = [n for n in available if low <= n <= high]
         if not inside:
-            raise StackError(f"--nights: no calibrated night {part} in the lake (nights: {', '.join(map(str, available)) or 'none'})")
+            raise StackError(f"--nights: no night {part} in the lake (nights: {', '.join(map(str, available)) or 'none'})")
         chosen.update(inside)
     return tuple(sorted(chosen))
 

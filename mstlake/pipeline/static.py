@@ -17,7 +17,9 @@ the reason and the rest go on. Outputs:
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field as dataclass_field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import dask
 import numpy as np
@@ -29,7 +31,13 @@ from astropy.wcs import WCS
 import mstlake
 from mstlake.astrom import frame as frame_kernel
 from mstlake.astrom import solve
-from mstlake.config import ArchiveConfig, AstrometryConfig, InstrumentConfig, MagfitConfig, PhotometryConfig
+from mstlake.config import (
+    ArchiveConfig,
+    AstrometryConfig,
+    InstrumentConfig,
+    MagfitConfig,
+    PhotometryConfig,
+)
 from mstlake.lake import cubes, healpix
 from mstlake.lake.archive import Archive, master_magnitudes, new_objects
 from mstlake.lake.tables import read_table, update_column, write_table_atomic
@@ -130,9 +138,10 @@ def _forced_table(frame_id: int, measured: FramePhotometry, target_ids: np.ndarr
     return load_schema("forced_photometry").from_columns(columns)
 
 
-def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig | None = None, progress: bool = True) -> StaticResult:
-    """Solve and measure every frame in the field's cubes; write the tables and files, and commit
-    each night's light-curve points to the archive (one snapshot per night)."""
+def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig | None = None, nights: Sequence[int] | None = None, progress: bool = True) -> StaticResult:
+    """Solve and measure every frame in the field's cubes (of ``nights`` only, when given); write
+    the tables and files, and commit each night's light-curve points to the archive (one snapshot
+    per night)."""
     frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
     table = reference.to_pandas() if isinstance(reference, pa.Table) else pd.DataFrame(reference)
     pixel_scale_deg = instrument.detector.pixel_scale_arcsec / 3600
@@ -149,6 +158,8 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     shared_table, shared_extra = dask.delayed(table, name=f"static-reference-{field}"), dask.delayed(extra, name=f"static-extra-objects-{field}")
     frame_tasks = []
     for _, band, night, store in lake.field_cubes(field):
+        if nights and night not in nights:
+            continue
         tasks = []
         frame_ids = cubes.open_store(store).frame_id.values
         for index, frame_id in enumerate(frame_ids):
