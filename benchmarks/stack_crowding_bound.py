@@ -18,18 +18,15 @@ of faint stars over that scatter (1 when the errors are honest).
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
-from stack_depth import frame_forced, inputs_true_depths, optimal_gain_of, robust_sigma
+from stack_depth import library_truth, optimal_error, robust_sigma, stack_parser
 
 from mstlake import config as cfg
-from mstlake.paths import LakePaths, SimulationPaths
+from mstlake.paths import LakePaths
 from mstlake.pipeline.stack import measure_stack
 from mstlake.stack.store import open_stack
 
@@ -42,18 +39,12 @@ def gaussian_stamp(half: int, sigma: float, dx: float, dy: float) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lake", type=Path, required=True)
-    parser.add_argument("--raw", type=Path, required=True)
-    parser.add_argument("--band", default="g")
-    parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = stack_parser(__doc__, n=64).parse_args()
 
-    lake, truth_paths = LakePaths(args.lake), SimulationPaths.beside(args.raw)
+    lake = LakePaths(args.lake)
     pipeline, instrument, field = cfg.load_pipeline(), cfg.load_instrument(), cfg.load_field("f02")
     reference = pd.read_parquet(lake.reference_catalogue(field.name))
-    stars = pq.read_table(truth_paths.stars).to_pandas()
+    stars, true_mag, constant = library_truth(args.raw, args.band)
     mag_column = f"mag_{args.band}"
     store = lake.stack(field.name, args.band, f"bench-n{args.n}")
     measured = measure_stack(lake, store, reference, instrument=instrument, astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, stack_cfg=pipeline.stack, archive_cfg=pipeline.archive, commit=False)
@@ -61,27 +52,21 @@ def main() -> None:
     sigma_psf = fwhm / 2.3548
     ds, wcs = open_stack(store)
 
-    true_mag = dict(zip(stars.library_source_id, stars[mag_column], strict=True))
-    constant = set(stars.library_source_id[(stars.variable_type == "constant") & stars.in_library])
     forced = measured.forced.assign(true=measured.forced.source_id.map(true_mag))
     forced = forced[forced.source_id.isin(constant) & (forced.flag == 0) & forced.full_depth]
     zero_point = float(np.nanmedian(forced.mag - forced.mag_inst))
     forced = forced.assign(true_flux=10 ** (-0.4 * (forced.true - zero_point)))
     isolated_error = float(np.median(forced.flux_err[(forced.flux / forced.flux_err) < 20]))
-    # the unit: the error optimal weighting of the input frames would give a star on empty sky,
-    # from the frames' own depths as the truth shows them
-    inputs = frame_forced(lake, json.loads(ds.attrs["frame_ids"]))
-    inputs = inputs.assign(true=inputs.source_id.map(true_mag))
-    median_depth, gain = optimal_gain_of(inputs_true_depths(inputs[inputs.source_id.isin(constant) & (inputs.flag == 0)]))
-    optimal_error = 10 ** (-0.4 * (median_depth + gain - zero_point)) / 5
-    faint = forced[(forced.true_flux / optimal_error > 3) & (forced.true_flux / optimal_error < 20)]
+    # the unit: the error optimal weighting of the input frames would give a star on empty sky
+    optimal = optimal_error(lake, json.loads(ds.attrs["frame_ids"]), true_mag, constant, zero_point)
+    faint = forced[(forced.true_flux / optimal > 3) & (forced.true_flux / optimal < 20)]
 
     x, y = wcs.world_to_pixel_values(stars.ra.values, stars.dec.values)
     flux = 10 ** (-0.4 * (stars[mag_column].values - zero_point))
     tree = cKDTree(np.column_stack([x, y]))
     half = int(np.ceil(3 * fwhm))
     own = gaussian_stamp(half, sigma_psf, 0.0, 0.0)
-    pixel_sigma = optimal_error * np.sqrt(own @ own)  # white noise giving a star on empty sky the optimal error
+    pixel_sigma = optimal * np.sqrt(own @ own)  # white noise giving a star on empty sky the optimal error
     bounds = {}
     for threshold in THRESHOLDS:
         noise_variance, contamination = [], []
@@ -89,8 +74,8 @@ def main() -> None:
             near = tree.query_ball_point([star.x, star.y], 2.5 * fwhm)
             itself = near[int(np.argmin(np.hypot(x[near] - star.x, y[near] - star.y)))]
             others = [j for j in near if j != itself]
-            free = [j for j in others if flux[j] / optimal_error >= threshold]
-            left = [j for j in others if flux[j] / optimal_error < threshold]
+            free = [j for j in others if flux[j] / optimal >= threshold]
+            left = [j for j in others if flux[j] / optimal < threshold]
             design = np.column_stack([own] + [gaussian_stamp(half, sigma_psf, x[j] - star.x, y[j] - star.y) for j in free])
             estimator = (np.linalg.pinv(design.T @ design) @ design.T)[0]
             noise_variance.append(pixel_sigma**2 * estimator @ estimator)
@@ -100,11 +85,11 @@ def main() -> None:
         contamination = np.array(contamination) - np.median(contamination)
         rng = np.random.default_rng(0)
         spread = float(np.mean([robust_sigma(contamination + rng.normal(0, np.sqrt(noise_variance))) for _ in range(200)]))
-        bounds["none" if not np.isfinite(threshold) else f"snr>={threshold:g}"] = optimal_error / spread
+        bounds["none" if not np.isfinite(threshold) else f"snr>={threshold:g}"] = optimal / spread
     measured_scatter = robust_sigma((faint.flux - faint.true_flux).values)
     result = {
-        "n": args.n, "faint_stars": len(faint), "optimal_error": optimal_error, "claimed_isolated_error": isolated_error, "fwhm_px": fwhm,
-        "bound_snr_over_optimal_by_neighbours_fitted": bounds, "measured_snr_over_optimal": optimal_error / measured_scatter, "claimed_error_over_scatter": isolated_error / measured_scatter,
+        "n": args.n, "faint_stars": len(faint), "optimal_error": optimal, "claimed_isolated_error": isolated_error, "fwhm_px": fwhm,
+        "bound_snr_over_optimal_by_neighbours_fitted": bounds, "measured_snr_over_optimal": optimal / measured_scatter, "claimed_error_over_scatter": isolated_error / measured_scatter,
     }
     print(json.dumps(result, indent=1))
     if args.out:

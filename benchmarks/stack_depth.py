@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from mstlake import config as cfg
 from mstlake.paths import LakePaths, SimulationPaths
-from mstlake.pipeline.stack import FrameSelection, depth_5sigma, measure_stack, select_frames, stack_field, typical_variance
+from mstlake.pipeline.stack import FrameSelection, depth_5sigma, measure_stack, select_frames, sky_error, stack_field, stack_gain, typical_variance
 from mstlake.stack.store import open_stack
 
 SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -80,17 +80,25 @@ def empirical_depth(flux, zero_point, true_mag, *, faint_snr: tuple[float, float
         faint = good & (true_flux / sigma > faint_snr[0]) & (true_flux / sigma < faint_snr[1])
         sigma = robust_sigma((flux - true_flux)[faint])
     used = good & (true_flux / sigma > 1.0) & (true_flux / sigma < bright_snr)
-    order = np.argsort(true_flux[used])
-    groups = [g for g in np.array_split(order, max(1, order.size // 40)) if g.size >= 20]
-    if len(groups) >= 3:
-        level = np.array([np.median(true_flux[used][g]) for g in groups])
-        variance = np.array([robust_sigma((flux - true_flux)[used][g]) ** 2 for g in groups])
-        # each bin's variance is known to ~sqrt(2 / n) of itself: weight by its inverse
-        weight = np.array([np.sqrt(g.size / 2) for g in groups]) / variance
-        (noise2, slope2), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(level), level**2]) * weight[:, None], variance * weight, rcond=None)
-        if noise2 > 0 and slope2 >= 0:
-            sigma = float(np.sqrt(noise2))
-    return float(np.median(zero_point[good]) - 2.5 * np.log10(5 * sigma))
+    floor = noise_floor(true_flux[used], (flux - true_flux)[used])
+    return float(np.median(zero_point[good]) - 2.5 * np.log10(5 * (floor or sigma)))
+
+
+def noise_floor(level, deviation, *, per_bin: int = 40, min_bin: int = 20) -> float | None:
+    """The flux-independent part of a scatter: over bins of ``level`` (true flux or S/N), the
+    robust variance of ``deviation`` (measured - true) fitted as noise^2 + (e x level)^2, so that
+    an error growing with the flux (colour terms, the zero-point surface: calibration, not
+    depth) is set apart from the noise. Returns noise, or None without 3 bins or a sane fit."""
+    order = np.argsort(level)
+    groups = [g for g in np.array_split(order, max(1, order.size // per_bin)) if g.size >= min_bin]
+    if len(groups) < 3:
+        return None
+    bin_level = np.array([np.median(level[g]) for g in groups])
+    variance = np.array([robust_sigma(deviation[g]) ** 2 for g in groups])
+    # each bin's variance is known to ~sqrt(2 / n) of itself: weight by its inverse
+    weight = np.array([np.sqrt(g.size / 2) for g in groups]) / variance
+    (noise2, slope2), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(bin_level), bin_level**2]) * weight[:, None], variance * weight, rcond=None)
+    return float(np.sqrt(noise2)) if noise2 > 0 and slope2 >= 0 else None
 
 
 def inputs_true_depths(forced_inputs: pd.DataFrame) -> np.ndarray:
@@ -105,6 +113,34 @@ def optimal_gain_of(depths) -> tuple[float, float]:
     depths = np.asarray(depths, float)
     median = float(np.nanmedian(depths))
     return median, float(1.25 * np.log10(np.nansum(10 ** (0.8 * (depths - median)))))
+
+
+def library_truth(raw: Path, band: str) -> tuple[pd.DataFrame, dict, set]:
+    """The simulation's stars beside ``raw``, each library star's true magnitude in ``band``
+    (by library source_id), and the library's constant stars."""
+    stars = pq.read_table(SimulationPaths.beside(raw).stars).to_pandas()
+    true_mag = dict(zip(stars.library_source_id, stars[f"mag_{band}"], strict=True))
+    return stars, true_mag, set(stars.library_source_id[(stars.variable_type == "constant") & stars.in_library])
+
+
+def optimal_error(lake: LakePaths, frame_ids, true_mag: dict, constant: set, zero_point: float) -> float:
+    """The flux error (at ``zero_point``) optimal weighting of these frames would give a star on
+    empty sky: from the frames' own depths as the truth shows them (``inputs_true_depths``)."""
+    inputs = frame_forced(lake, frame_ids)
+    inputs = inputs.assign(true=inputs.source_id.map(true_mag))
+    median_depth, gain = optimal_gain_of(inputs_true_depths(inputs[inputs.source_id.isin(constant) & (inputs.flag == 0)]))
+    return 10 ** (-0.4 * (median_depth + gain - zero_point)) / 5
+
+
+def stack_parser(description: str, *, n: int) -> argparse.ArgumentParser:
+    """The arguments of the benchmarks that read one stack ``bench-n{N}`` of ``stack_depth.py``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lake", type=Path, required=True)
+    parser.add_argument("--raw", type=Path, required=True, help="the simulation's raw directory (its truth beside it)")
+    parser.add_argument("--band", default="g")
+    parser.add_argument("--n", type=int, default=n, help="the stack bench-n{N} that stack_depth.py left in the lake")
+    parser.add_argument("--out", type=Path, default=None)
+    return parser
 
 
 def with_settings(pipeline, settings: list[str]):
@@ -139,22 +175,13 @@ def snr_over_optimum(flux, flux_err, true_flux, optimal_error, *, gain: float, f
     snr = true_flux / optimal_error
     good = np.isfinite(flux) & np.isfinite(snr) & (flux_err > 0)
     faint = good & (snr > faint_snr[0]) & (snr < faint_snr[1])
-    sky_error = np.sqrt(np.maximum(flux_err**2 - np.maximum(flux, 0) / gain, 0.25 * flux_err**2))
-    from_errors = float(np.median((optimal_error / sky_error)[faint])) if faint.sum() >= 10 else float("nan")
+    from_errors = float(np.median((optimal_error / sky_error(flux, flux_err, gain=gain))[faint])) if faint.sum() >= 10 else float("nan")
     residual = (flux - true_flux) / optimal_error
     used = good & (snr > 1.0) & (snr < bright_snr)
-    order = np.argsort(snr[used])
-    groups = [g for g in np.array_split(order, max(1, order.size // 40)) if g.size >= 20]
-    from_truth = robust_sigma(residual[faint]) ** -1 if faint.sum() >= 10 else float("nan")
+    floor = noise_floor(snr[used], residual[used])
+    from_truth = 1 / floor if floor else (robust_sigma(residual[faint]) ** -1 if faint.sum() >= 10 else float("nan"))
     near_limit = good & (snr > 3) & (snr < 10)
     bias = float(np.median(residual[near_limit])) if near_limit.sum() >= 10 else float("nan")
-    if len(groups) >= 3:
-        level = np.array([np.median(snr[used][g]) for g in groups])
-        variance = np.array([robust_sigma(residual[used][g]) ** 2 for g in groups])
-        weight = np.array([np.sqrt(g.size / 2) for g in groups]) / variance
-        (noise2, slope2), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(level), level**2]) * weight[:, None], variance * weight, rcond=None)
-        if noise2 > 0 and slope2 >= 0:
-            from_truth = float(noise2**-0.5)
     return from_errors, from_truth, int(faint.sum()), bias
 
 
@@ -250,14 +277,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stack_depth.json")
     args = parser.parse_args()
 
-    lake, truth_paths = LakePaths(args.lake), SimulationPaths.beside(args.raw)
+    lake = LakePaths(args.lake)
     pipeline, instrument, field = with_settings(cfg.load_pipeline(), args.set), cfg.load_instrument(), cfg.load_field("f02")
     stack_cfg = pipeline.stack
     reference = pd.read_parquet(lake.reference_catalogue(field.name))
-    stars = pq.read_table(truth_paths.stars).to_pandas()
+    stars, true_mag, constant = library_truth(args.raw, args.band)
     mag_column = f"mag_{args.band}"
-    true_mag = dict(zip(stars.library_source_id, stars[mag_column], strict=True))
-    constant = set(stars.library_source_id[(stars.variable_type == "constant") & stars.in_library])
     bright_truth = isolated(stars[stars[mag_column] < 17.5], stars, mag_column)
     all_frames, _ = select_frames(lake, field.name, args.band, FrameSelection())
     results, snr_one = [], None
@@ -293,10 +318,9 @@ def main() -> None:
             depth = everywhere.source_id.map(optimal_depth_per_star(coverage, depths))
             optimal[label] = 10 ** (-0.4 * (depth - zp_everywhere)) / 5
         true_flux = 10 ** (-0.4 * (everywhere.true - zp_everywhere))
-        count = open_stack(made.store)[0]["count"].values
-        stack_gain = instrument.detector.gain_e_per_adu * float(np.median(count[count > 0]))  # as measure_stack takes it
-        per_star_errors, *_ = snr_over_optimum(everywhere.flux, everywhere.flux_err, true_flux, optimal["errors"], gain=stack_gain)
-        _, per_star_truth, per_star_stars, faint_bias = snr_over_optimum(everywhere.flux, everywhere.flux_err, true_flux, optimal["truth"], gain=stack_gain)
+        gain = stack_gain(instrument.detector.gain_e_per_adu, open_stack(made.store)[0]["count"].values)
+        per_star_errors, *_ = snr_over_optimum(everywhere.flux, everywhere.flux_err, true_flux, optimal["errors"], gain=gain)
+        _, per_star_truth, per_star_stars, faint_bias = snr_over_optimum(everywhere.flux, everywhere.flux_err, true_flux, optimal["truth"], gain=gain)
 
         f = measured.forced.assign(snr=measured.forced.flux / measured.forced.flux_err, true=measured.forced.source_id.map(true_mag))
         f = f[f.source_id.isin(constant) & (f.flag == 0) & f.full_depth]  # where (nearly) every frame entered

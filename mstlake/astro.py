@@ -97,3 +97,23 @@ def separation_deg(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float):
     ra0, dec0 = np.radians(ra0_deg), np.radians(dec0_deg)
     h = np.sin((dec - dec0) / 2) ** 2 + np.cos(dec) * np.cos(dec0) * np.sin((ra - ra0) / 2) ** 2
     return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1))))
+
+
+def parse_nights(text: str | None, available: list[int]) -> tuple[int, ...]:
+    """``--nights``: comma-separated nights YYYYMMDD and ranges FIRST-LAST (the ``available``
+    nights in between); empty or None: every night. ValueError names what does not parse or
+    matches no night."""
+    if not text:
+        return ()
+    chosen = set()
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        first, _, last = part.partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"--nights: {part!r} is not a night YYYYMMDD or a range FIRST-LAST") from None
+        inside = [n for n in available if low <= n <= high]
+        if not inside:
+            raise ValueError(f"--nights: no night {part} in the lake (nights: {', '.join(map(str, available)) or 'none'})")
+        chosen.update(inside)
+    return tuple(sorted(chosen))

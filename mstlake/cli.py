@@ -173,6 +173,7 @@ def stack(field_name, band, nights, first_n, skip, include_cloudy, name, lake_di
     ePSF and aperture photometry, zero point, 5-sigma depth) into the archive's `stacks` and
     `stack_sources` tables (query them with `mstlake sql`).
     """
+    from mstlake.astro import parse_nights
     from mstlake.pipeline import stack as pipeline
 
     try:
@@ -182,8 +183,8 @@ def stack(field_name, band, nights, first_n, skip, include_cloudy, name, lake_di
     lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
     try:
         available = sorted({night for _, b, night, _ in lake.field_cubes(field_cfg.name) if b == band})
-        selection = pipeline.FrameSelection(nights=pipeline.parse_nights(nights, available), first_n=first_n, skip=skip, include_cloudy=include_cloudy)
-    except pipeline.StackError as err:
+        selection = pipeline.FrameSelection(nights=parse_nights(nights, available), first_n=first_n, skip=skip, include_cloudy=include_cloudy)
+    except ValueError as err:  # pipeline.StackError among them
         _fail(str(err))
     with _on_cluster(scheduler_address, workers):
         _stack_and_measure(field_cfg, lake, band, selection, config_dir, name=name, measure=not no_measure, replace=force, reference_base=Path.cwd(), progress=not quiet)
@@ -464,17 +465,12 @@ def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, f
 
 def _science_nights(lake: LakePaths, field: str, text: str | None) -> tuple[int, ...]:
     """``--nights`` against the nights of the field's science frames in the lake (empty: all)."""
-    from mstlake.lake.tables import read_table
-    from mstlake.pipeline.stack import StackError, parse_nights
-    from mstlake.schemas import load_schema
+    from mstlake.astro import parse_nights
+    from mstlake.pipeline.inventory import science_nights
 
-    if not text:
-        return ()
-    frames = read_table(lake.frames_table, load_schema("frames")).to_pandas()
-    available = sorted({int(n) for n in frames.night[(frames.type == "science") & (frames.field == field)].dropna()})
     try:
-        return parse_nights(text, available)
-    except StackError as err:
+        return parse_nights(text, science_nights(lake, field)) if text else ()
+    except ValueError as err:
         _fail(str(err))
 
 

@@ -220,6 +220,31 @@ def find_unmodelled(residual, variance, mask, psf: psf_kernels.EffectivePSF, mod
     return found.assign(flag=found.flag.values.astype(np.int32) | extract.FOUND_ON_RESIDUAL)
 
 
+def jittered_grid(hidden: np.ndarray, step: int, *, margin: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``step`` apart over the image (``margin`` from its edges), each moved by up to a
+    quarter step at random, those on ``hidden`` pixels left out: places for artificial stars that
+    leave each other alone."""
+    ny, nx = hidden.shape
+    rng = np.random.default_rng(seed)
+    gy, gx = np.mgrid[margin + step // 2 : ny - margin : step, margin + step // 2 : nx - margin : step]
+    x = gx.ravel() + rng.uniform(-step / 4, step / 4, gx.size)
+    y = gy.ravel() + rng.uniform(-step / 4, step / 4, gx.size)
+    keep = ~hidden[np.round(y).astype(int), np.round(x).astype(int)]
+    return x[keep], y[keep]
+
+
+def forced_scatter(image, noise, *, hidden, psf: psf_kernels.EffectivePSF, scene: pd.DataFrame, x, y, flux: float, start, gain: float, iterations: int, min_stars: int = 50) -> float:
+    """Robust scatter about ``flux`` of the forced PSF fluxes of the stars at (x, y) of ``image``
+    (sky subtracted), fitted at those places together with every star of ``scene`` (x, y, flux),
+    from ``start`` (their first guess); NaN with fewer than ``min_stars`` good fits."""
+    fit = psf_kernels.psf_photometry(image, noise, hidden, psf, np.concatenate([scene.x.values, x]), np.concatenate([scene.y.values, y]), np.concatenate([np.nan_to_num(scene.flux.values), np.broadcast_to(np.asarray(start, float), np.shape(x))]), fit_position=False, gain=gain, iterations=iterations)
+    got, flag = fit.flux[-len(x) :], fit.flag[-len(x) :]
+    usable = np.isfinite(got) & (flag == 0)
+    if usable.sum() < min_stars:
+        return float("nan")
+    return float(robust_std(got[usable] - flux))
+
+
 def artificial_star_scatter(residual, noise, *, hidden, psf: psf_kernels.EffectivePSF, scene: pd.DataFrame, flux: float, gain: float, iterations: int, spacing_fwhm: float = 10.0, seed: int = 0) -> float:
     """The noise of forced PSF photometry where the stars are, as artificial stars show it: stars of
     ``flux`` added to ``residual`` on a jittered grid (``spacing_fwhm`` apart: they leave each
@@ -227,26 +252,43 @@ def artificial_star_scatter(residual, noise, *, hidden, psf: psf_kernels.Effecti
     flux), and the robust scatter of what comes back about what went in. Everything the fit sees
     is in it: the sky, the light of stars nobody modelled, the neighbours' own fitting noise.
     ``noise``: the background variance the fit weights by (``background_variance``)."""
-    ny, nx = residual.shape
-    step = max(int(spacing_fwhm * psf.fwhm), 8)
     margin = psf.half + 1
-    if ny <= 2 * margin or nx <= 2 * margin:
+    if residual.shape[0] <= 2 * margin or residual.shape[1] <= 2 * margin:
         return float("nan")
-    rng = np.random.default_rng(seed)
-    gy, gx = np.mgrid[margin + step // 2 : ny - margin : step, margin + step // 2 : nx - margin : step]
-    x = gx.ravel() + rng.uniform(-step / 4, step / 4, gx.size)
-    y = gy.ravel() + rng.uniform(-step / 4, step / 4, gx.size)
-    keep = ~hidden[np.round(y).astype(int), np.round(x).astype(int)]
-    x, y = x[keep], y[keep]
+    x, y = jittered_grid(hidden, max(int(spacing_fwhm * psf.fwhm), 8), margin=margin, seed=seed)
     if x.size < 50:
         return float("nan")
     added = residual + psf_kernels.model_image(residual.shape, psf, x, y, np.full(x.size, flux))
-    fit = psf_kernels.psf_photometry(added, noise, hidden, psf, np.concatenate([scene.x.values, x]), np.concatenate([scene.y.values, y]), np.concatenate([np.nan_to_num(scene.flux.values), np.full(x.size, flux)]), fit_position=False, gain=gain, iterations=iterations)
-    got, flag = fit.flux[-x.size :], fit.flag[-x.size :]
-    usable = np.isfinite(got) & (flag == 0)
-    if usable.sum() < 50:
-        return float("nan")
-    return float(robust_std(got[usable] - flux))
+    return forced_scatter(added, noise, hidden=hidden, psf=psf, scene=scene, x=x, y=y, flux=flux, start=flux, gain=gain, iterations=iterations)
+
+
+def background_without_stars(image: np.ndarray, hidden: np.ndarray, psf: psf_kernels.EffectivePSF, scene: pd.DataFrame, *, mesh_px: int = 64, clip_sigma: float = 3.0) -> np.ndarray:
+    """The background mapped on ``image`` with every star of ``scene`` (x, y, flux) subtracted,
+    as the clipped mean of each ``mesh_px`` cell (3 x 3 median-filtered, spline-interpolated;
+    ``hidden`` pixels left out). Two biases of a map made with the stars in go: under a deep
+    stack's crowd of faint stars it sits high by a share of their light, which subtracted takes a
+    fixed amount off every star nearby (5% of an S/N-10 star's flux at N = 8); and a mode (sep's)
+    sits below the mean light of the stars no one can fit, which a forced flux measures above as
+    much as below."""
+    from scipy import ndimage
+
+    stars = psf_kernels.model_image(image.shape, psf, scene.x.values, scene.y.values, np.nan_to_num(scene.flux.values))
+    left = np.where(hidden, np.nan, image - stars).astype(np.float32)
+    ny, nx = left.shape
+    cells_y, cells_x = -(-ny // mesh_px), -(-nx // mesh_px)
+    padded = np.full((cells_y * mesh_px, cells_x * mesh_px), np.nan, np.float32)
+    padded[:ny, :nx] = left
+    cells = padded.reshape(cells_y, mesh_px, cells_x, mesh_px).transpose(0, 2, 1, 3).reshape(cells_y, cells_x, -1)
+    centre = np.nanmedian(cells, axis=2)
+    for _ in range(3):
+        spread = 1.4826 * np.nanmedian(np.abs(cells - centre[..., None]), axis=2)
+        kept = np.where(np.abs(cells - centre[..., None]) <= clip_sigma * spread[..., None], cells, np.nan)
+        centre = np.nanmean(kept, axis=2)
+    centre = ndimage.median_filter(np.where(np.isfinite(centre), centre, np.nanmedian(centre)), size=3, mode="nearest")
+    # cell centres sit at (k + 0.5) mesh_px - 0.5 in pixels: map every pixel onto the cell grid
+    yy = (np.arange(ny) + 0.5) / mesh_px - 0.5
+    xx = (np.arange(nx) + 0.5) / mesh_px - 0.5
+    return ndimage.map_coordinates(centre, np.meshgrid(yy, xx, indexing="ij"), order=3, mode="nearest").astype(np.float32)
 
 
 def point_like(sources: pd.DataFrame, *, width_range: tuple[float, float] = (0.67, 1.5), max_elongation_excess: float = 0.3) -> np.ndarray:

@@ -49,10 +49,8 @@ def cluster(*, scheduler_address: str | None = None, workers: int | None = None,
 
 def current_client():
     """The ``distributed`` client this process computes on, or None."""
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
+    from distributed import default_client
+
     try:
         return default_client()
     except ValueError:

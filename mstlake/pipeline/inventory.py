@@ -126,3 +126,9 @@ def run_inventory(
         report.frames_by_kind[(row["telescope"], row["night"], row["type"])] += 1
     report.quarantine_reasons = [(row["path"], row["reason_code"], row["reason"]) for row in update.quarantine]
     return report
+
+
+def science_nights(lake: LakePaths, field: str) -> list[int]:
+    """The nights of the field's science frames in the lake's inventory."""
+    frames = read_table(lake.frames_table, load_schema("frames")).to_pandas()
+    return sorted({int(n) for n in frames.night[(frames.type == "science") & (frames.field == field)].dropna()})

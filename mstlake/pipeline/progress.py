@@ -36,9 +36,5 @@ def progress_bar(description: str, total: int, *, console: Console | None = None
 @contextlib.contextmanager
 def dask_progress(description: str, total: int, *, keys: set, console: Console | None = None, enabled: bool = True) -> Iterator[None]:
     """Show a bar that advances once per finished local-scheduler task among ``keys``."""
-    with progress_bar(description, total, console=console, enabled=enabled) as advance:
-        if not enabled or total == 0:
-            yield
-            return
-        with _TaskCounter(advance, keys):
-            yield
+    with progress_bar(description, total, console=console, enabled=enabled) as advance, _TaskCounter(advance, keys):
+        yield

@@ -18,6 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dask
 import numpy as np
@@ -39,6 +40,9 @@ from mstlake.stack import grid as stack_grid
 from mstlake.stack.combine import BYTES_PER_PIXEL, StackInput, stack_tile
 from mstlake.stack.resample import frame_region, sky_region, subtract_sky
 from mstlake.stack.store import create_stack, finish_stack, open_stack, write_stack_tile
+
+if TYPE_CHECKING:
+    from mstlake.phot.frame import FramePhotometry
 
 class StackError(ValueError):
     """A stack that cannot be made (no frames chosen, no grid)."""
@@ -199,25 +203,6 @@ def stack_frames(frames: pd.DataFrame, grid: stack_grid.FieldGrid, store: Path, 
     return len(tiles)
 
 
-def parse_nights(text: str | None, available: list[int]) -> tuple[int, ...]:
-    """``--nights``: comma-separated nights YYYYMMDD and ranges FIRST-LAST (the lake's nights in
-    between); empty or None: every night."""
-    if not text:
-        return ()
-    chosen = set()
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        first, _, last = part.partition("-")
-        try:
-            low, high = int(first), int(last or first)
-        except ValueError:
-            raise StackError(f"--nights: {part!r} is not a night YYYYMMDD or a range FIRST-LAST") from None
-        inside = [n for n in available if low <= n <= high]
-        if not inside:
-            raise StackError(f"--nights: no night {part} in the lake (nights: {', '.join(map(str, available)) or 'none'})")
-        chosen.update(inside)
-    return tuple(sorted(chosen))
-
-
 def typical_variance(store: Path, index: int, *, block_px: int = 512) -> float:
     """A frame's background variance: the median over a central block of its variance plane
     (unmasked pixels other than pepper-and-salt), read without the rest of the frame."""
@@ -252,7 +237,7 @@ class StackMeasurement:
     sources: pa.Table  # the deep catalogue (``stack_sources``)
     forced: pd.DataFrame  # forced photometry of the reference stars on the stack (x, y, flux, flux_err, mag, mag_err, reference_index)
     snapshot: int | None  # the archive snapshot that added it (None: already there)
-    photometry: object = None  # the final ``FramePhotometry``: its PSF model, fitted scene and zero-point surface
+    photometry: FramePhotometry | None = None  # the final measurement: its PSF model, fitted scene and zero-point surface
 
 
 def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, stack_cfg: StackConfig, archive_cfg: ArchiveConfig, commit: bool = True, replace: bool = False) -> StackMeasurement:
@@ -266,21 +251,14 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     ds, wcs = open_stack(store)
     provenance = json.loads(ds.attrs["provenance"])
     frame_ids = json.loads(ds.attrs["frame_ids"])
-    image, variance, count = ds["image"].values, ds["variance"].values, ds["count"].values
-    bad = (ds["mask"].values != 0) | ~np.isfinite(image) | ~np.isfinite(variance)
-    filler = float(np.nanmedian(variance[~bad])) if (~bad).any() else 1.0
-    image = np.where(bad, 0.0, image).astype(np.float32)
-    variance = np.where(bad, filler, variance).astype(np.float32)
-    mask = np.where(bad, 1, 0).astype(np.uint8)  # bit 1: no data, as a bad pixel
+    image, variance, mask, count, bad = measurable_planes(ds)
     photometry_cfg = dataclasses.replace(photometry_cfg, forced_iterations=stack_cfg.forced_iterations, forced_match_radius_px=stack_cfg.forced_match_radius_px)
     extraction = extract.extract_sources(image, variance, mask, thresh=astrometry_cfg.detect_sigma, minarea=astrometry_cfg.min_area_px)
     ny, nx = image.shape
     ref_x, ref_y = wcs.world_to_pixel_values(reference.ra.values, reference.dec.values)
     near = reference[(ref_x > -20) & (ref_x < nx + 20) & (ref_y > -20) & (ref_y < ny + 20)].reset_index(drop=True)
     band = provenance["band"]
-    # the stack's ADU are one input's at the reference zero point; a pixel's photo-electrons
-    # add up over the frames that entered it
-    gain = instrument.detector.gain_e_per_adu * float(np.median(count[count > 0]))
+    gain = stack_gain(instrument.detector.gain_e_per_adu, count)
     residual = image - extraction.background
     fwhm = float(np.nanmedian(extraction.sources.fwhm[(extraction.sources.flag == 0) & (extraction.sources.snr > 20)])) if len(extraction.sources) else 3.0
     # resampling correlates neighbouring pixels: sums (and fits) that treat them as independent
@@ -296,7 +274,7 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     if stack_cfg.background_without_stars or scene_search:
         first = current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
     if stack_cfg.background_without_stars:
-        extraction, residual = background_without_stars(image, mask, extraction, first)
+        extraction, residual = background_remapped(image, mask, extraction, first)
         first = current = photometer_frame(image, variance, mask, extraction, wcs, near, band=band, gain=gain, cfg=photometry_cfg)
     if scene_search:
         # a deep stack is crowded with stars the first detection misses (faint ones, and those
@@ -349,39 +327,33 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     return StackMeasurement(stack_row, sources, forced, snapshot, measured)
 
 
-def background_without_stars(image: np.ndarray, mask: np.ndarray, extraction, measured, *, mesh_px: int = 64, clip_sigma: float = 3.0) -> tuple:
-    """The background mapped again on the image with every fitted star subtracted, as the clipped
-    mean of each ``mesh_px`` cell (3 x 3 median-filtered, spline-interpolated). Two biases of the
-    first map go: made with a deep stack's crowd of faint stars in, it sat high by a share of their
-    light, which subtracted took a fixed amount off every star nearby (5% of an S/N-10 star's flux
-    at N = 8); and sep's mode estimate sits below the mean light of the stars no one can fit,
-    which a forced flux measures above as much as below. The rms map stays the first one's
-    (already scaled to the noise sums show). Returns the extraction with the new background and
-    the image minus it."""
-    from scipy import ndimage
+def measurable_planes(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A stack's planes as its photometry takes them: image, variance, mask, count, and where
+    there is no data (masked or not finite: image 0, the median variance, mask bit 1 as a bad
+    pixel)."""
+    image, variance, count = ds["image"].values, ds["variance"].values, ds["count"].values
+    bad = (ds["mask"].values != 0) | ~np.isfinite(image) | ~np.isfinite(variance)
+    filler = float(np.nanmedian(variance[~bad])) if (~bad).any() else 1.0
+    image = np.where(bad, 0.0, image).astype(np.float32)
+    variance = np.where(bad, filler, variance).astype(np.float32)
+    return image, variance, np.where(bad, 1, 0).astype(np.uint8), count, bad
 
+
+def stack_gain(gain_e_per_adu: float, count: np.ndarray) -> float:
+    """e-/ADU of a stack: its ADU are one input's at the reference zero point, and a pixel's
+    photo-electrons add up over the frames that entered it."""
+    return gain_e_per_adu * float(np.median(count[count > 0]))
+
+
+def background_remapped(image: np.ndarray, mask: np.ndarray, extraction, measured) -> tuple:
+    """``extraction`` with its background mapped again without the stars ``measured`` fitted
+    (``mstlake.phot.frame.background_without_stars``: the first map sits high under a deep
+    stack's crowd), its rms map kept (already scaled to the noise sums show); and the image
+    minus the new background."""
     from mstlake.astrom import extract
-    from mstlake.phot import psf as psf_kernels
+    from mstlake.phot.frame import background_without_stars
 
-    scene = measured.scene
-    stars = psf_kernels.model_image(image.shape, measured.psf, scene.x.values, scene.y.values, np.nan_to_num(scene.flux.values))
-    left = np.where(extract.hidden_pixels(mask), np.nan, image - stars).astype(np.float32)
-    ny, nx = left.shape
-    cells_y, cells_x = -(-ny // mesh_px), -(-nx // mesh_px)
-    padded = np.full((cells_y * mesh_px, cells_x * mesh_px), np.nan, np.float32)
-    padded[:ny, :nx] = left
-    cells = padded.reshape(cells_y, mesh_px, cells_x, mesh_px).transpose(0, 2, 1, 3).reshape(cells_y, cells_x, -1)
-    centre = np.nanmedian(cells, axis=2)
-    for _ in range(3):
-        spread = 1.4826 * np.nanmedian(np.abs(cells - centre[..., None]), axis=2)
-        kept = np.where(np.abs(cells - centre[..., None]) <= clip_sigma * spread[..., None], cells, np.nan)
-        centre = np.nanmean(kept, axis=2)
-    centre = np.where(np.isfinite(centre), centre, np.nanmedian(centre))
-    centre = ndimage.median_filter(centre, size=3, mode="nearest")
-    # cell centres sit at (k + 0.5) mesh_px - 0.5 in pixels: map every pixel onto the cell grid
-    yy = (np.arange(ny) + 0.5) / mesh_px - 0.5
-    xx = (np.arange(nx) + 0.5) / mesh_px - 0.5
-    background = ndimage.map_coordinates(centre, np.meshgrid(yy, xx, indexing="ij"), order=3, mode="nearest").astype(np.float32)
+    background = background_without_stars(image, extract.hidden_pixels(mask), measured.psf, measured.scene)
     return dataclasses.replace(extraction, background=background), image - background
 
 
@@ -466,9 +438,15 @@ def depth_5sigma(flux: np.ndarray, flux_err: np.ndarray, zero_point: np.ndarray,
     use = faint if faint.sum() >= 10 else good
     if use.sum() < 10:
         return None
-    sky_variance = flux_err[use] ** 2 - (np.maximum(flux[use], 0) / gain if gain else 0.0)
-    sky_noise = np.sqrt(np.maximum(sky_variance, 0.25 * flux_err[use] ** 2))
-    return float(np.median(zero_point[use] - 2.5 * np.log10(5 * sky_noise)))
+    noise = sky_error(flux[use], flux_err[use], gain=gain) if gain else flux_err[use]
+    return float(np.median(zero_point[use] - 2.5 * np.log10(5 * noise)))
+
+
+def sky_error(flux, flux_err, *, gain: float) -> np.ndarray:
+    """A flux error without its star's own photon noise (``gain`` e-/ADU): what a source of no
+    flux at the same place would have. Never below half the error (a flux noise pushed up)."""
+    flux, flux_err = np.asarray(flux, float), np.asarray(flux_err, float)
+    return np.sqrt(np.maximum(flux_err**2 - np.maximum(flux, 0) / gain, 0.25 * flux_err**2))
 
 
 CATALOGUE_MIN_SNR_FOUND_ON_RESIDUAL = 5.0  # below it, what the second pass found is fitted but not catalogued (noise peaks, mostly)

@@ -102,7 +102,7 @@ def test_the_background_mapped_without_the_fitted_stars_is_the_sky():
     light; made again on the image with the fitted stars subtracted, it is the sky."""
     from types import SimpleNamespace
 
-    from mstlake.pipeline.stack import background_without_stars
+    from mstlake.pipeline.stack import background_remapped
 
     rng = np.random.default_rng(5)
     sky, n_faint = 200.0, 1200
@@ -118,7 +118,7 @@ def test_the_background_mapped_without_the_fitted_stars_is_the_sky():
     first_excess = float(np.median(extraction.background)) - sky
     model = psf_kernels.build_psf(image - sky, np.full(SHAPE, SKY_VARIANCE), np.zeros(SHAPE, bool), bright_x, bright_y, flux[: bright_x.size], fwhm=FWHM, gain=1.0, degree=0)
     measured = SimpleNamespace(psf=model, scene=pd.DataFrame({"x": x, "y": y, "flux": flux}))
-    again, residual = background_without_stars(image, mask, extraction, measured)
+    again, residual = background_remapped(image, mask, extraction, measured)
     assert first_excess > 2.0  # of the ~9 ADU a pixel the faint stars add on average
     assert abs(float(np.median(again.background)) - sky) < 0.25 * first_excess
     np.testing.assert_allclose(residual, image - again.background)
