@@ -127,11 +127,12 @@ def inventory(raw_dir, lake_dir, quiet, config_dir):
 @click.option("--raw", "raw_dir", type=click.Path(path_type=Path), default=None, help="Raw directory (default: the field's raw_dir).")
 @click.option("--lake", "lake_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Lake directory (default: the field's lake_dir).")
 @click.option("--nights", default=None, help="Calibrate and measure these nights only: YYYYMMDD, comma-separated, or ranges FIRST-LAST (default: all; the inventory always reads the whole raw directory).")
-@click.option("--force", is_flag=True, help="Calibrate again nights whose cubes are already complete.")
+@click.option("--force", is_flag=True, help="Calibrate and measure again nights already done; their rows in the archive are replaced in a new snapshot (earlier snapshots and releases keep the old ones).")
+@click.option("--retry-failed", is_flag=True, help="Calibrate and measure again the frames that failed in an earlier run (their reasons are in the calibration log and the astrometry and photometry tables); their archive rows are replaced.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @cluster_options
 @CONFIG_OPTION
-def ingest(field_name, raw_dir, lake_dir, nights, force, quiet, workers, scheduler_address, config_dir):
+def ingest(field_name, raw_dir, lake_dir, nights, force, retry_failed, quiet, workers, scheduler_address, config_dir):
     """Run every pipeline stage that exists on a field's raw data.
 
     Now: the inventory, then calibration (master bias, pepper-and-salt map, bad pixels, flats over
@@ -141,9 +142,13 @@ def ingest(field_name, raw_dir, lake_dir, nights, force, quiet, workers, schedul
     photometry of every reference star, 25 apertures with the aperture correction, a zero-point
     surface from the standards, cloudy frames flagged), and each night's light-curve points
     committed to the archive in one snapshot.
+
+    Each night is measured as one Dask graph and committed before the next starts: a re-run (or a
+    run after an interruption) measures only the frames not yet committed, so running it every
+    morning adds the new nights.
     """
     with _on_cluster(scheduler_address, workers):
-        report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force, nights=nights)
+        report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force, retry_failed=retry_failed, nights=nights)
     if not report.usable:
         sys.exit(1)
 
@@ -441,7 +446,7 @@ def _inventory(raw_dir: Path, lake: LakePaths, config_dir, *, progress: bool):
         _fail(str(err))
 
 
-def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, force: bool = False, reference_base: Path | None = None, nights: str | None = None):
+def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, force: bool = False, retry_failed: bool = False, reference_base: Path | None = None, nights: str | None = None):
     try:
         field_cfg = cfg.load_field(field_name, config_dir)
     except cfg.ConfigError as err:
@@ -456,9 +461,9 @@ def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, f
     calibrated, measured = [], None
     if report.usable:
         chosen = _science_nights(lake, field_cfg.name, nights)
-        calibrated = _calibrate(lake, config_dir, progress=progress, force=force, nights=chosen)
+        calibrated = _calibrate(lake, config_dir, progress=progress, force=force, retry_failed=retry_failed, nights=chosen)
         if field_cfg.reference is not None:
-            measured = _astrometry_and_photometry(field_cfg, lake, config_dir, reference_base=reference_base or Path.cwd(), progress=progress, nights=chosen)
+            measured = _astrometry_and_photometry(field_cfg, lake, config_dir, reference_base=reference_base or Path.cwd(), progress=progress, nights=chosen, force=force, retry_failed=retry_failed)
     _print_night_summary(report, calibrated, measured, time.perf_counter() - started)
     return report
 
@@ -503,7 +508,7 @@ def _print_night_summary(report, calibrated, measured, seconds: float) -> None:
     console.print(f"{quarantined}; wall time {seconds:.0f} s")
 
 
-def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, reference_base: Path, progress: bool, nights: tuple[int, ...] = ()):
+def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, reference_base: Path, progress: bool, nights: tuple[int, ...] = (), force: bool = False, retry_failed: bool = False):
     from mstlake.lake.refcat import ReferenceCatalogueError, load_reference
     from mstlake.pipeline.static import measure_field
 
@@ -513,7 +518,11 @@ def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, refere
         err_console.print(f"[yellow]astrometry and photometry skipped:[/] {escape(str(err))}", soft_wrap=True)
         return None
     pipeline = cfg.load_pipeline(config_dir)
-    result = measure_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, magfit_cfg=pipeline.magfit, nights=nights, progress=progress)
+    result = measure_field(lake, field_cfg.name, reference, instrument=cfg.load_instrument(config_dir), astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, magfit_cfg=pipeline.magfit, nights=nights, force=force, retry_failed=retry_failed, progress=progress)
+    if result.skipped:
+        console.print(f"astrometry and photometry: {result.skipped} nights (per band) already measured and committed, left as they are (--force measures them again)")
+    if not result.nights:
+        return result
     console.print(
         f"astrometry: {result.solved} frames solved, {len(result.failed)} not ({len(reference)} reference stars); solutions in [cyan]{lake.astrometry_table}[/]\n"
         f"photometry: {result.calibrated} frames flux-calibrated ({len(result.cloudy)} flagged cloudy); zero points in [cyan]{lake.photometry_table}[/], "
@@ -527,11 +536,11 @@ def _astrometry_and_photometry(field_cfg, lake: LakePaths, config_dir, *, refere
     return result
 
 
-def _calibrate(lake: LakePaths, config_dir, *, progress: bool, force: bool, nights: tuple[int, ...] = ()):
+def _calibrate(lake: LakePaths, config_dir, *, progress: bool, force: bool, retry_failed: bool = False, nights: tuple[int, ...] = ()):
     from mstlake.pipeline.calibrate import CalibrationError, calibrate_nights
 
     try:
-        results = calibrate_nights(lake, nights=list(nights) or None, instrument=cfg.load_instrument(config_dir), cfg=cfg.load_pipeline(config_dir).calibration, force=force, progress=progress)
+        results = calibrate_nights(lake, nights=list(nights) or None, instrument=cfg.load_instrument(config_dir), cfg=cfg.load_pipeline(config_dir).calibration, force=force, retry_failed=retry_failed, progress=progress)
     except (CalibrationError, cfg.ConfigError) as err:
         _fail(f"calibration: {err}")
     if not results:

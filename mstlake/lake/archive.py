@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +130,16 @@ def new_objects(paths: LakePaths) -> pa.Table:
     return found if found is not None else pa.table({"object_id": pa.array([], pa.int64()), "ra": pa.array([], pa.float64()), "dec": pa.array([], pa.float64()), "_healpix_29": pa.array([], pa.int64())})
 
 
+def committed_frames(paths: LakePaths, frame_ids) -> set[int]:
+    """Those of ``frame_ids`` whose night the archive holds (rows in its ``frames`` table); none
+    before the first commit."""
+    wanted = sorted({int(f) for f in frame_ids})
+    if not wanted:
+        return set()
+    found = _latest(paths, f"SELECT DISTINCT frame_id FROM lake.frames WHERE frame_id IN ({', '.join(map(str, wanted))})")
+    return set() if found is None else {int(f) for f in found.column("frame_id").to_pylist()}
+
+
 def master_magnitudes(paths: LakePaths, object_ids, band: str) -> pd.Series | None:
     """The magfit master magnitudes in ``band`` the archive holds for these objects (None when it
     holds none)."""
@@ -165,7 +175,7 @@ class Archive:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def commit(self, tables: Mapping[str, pa.Table], *, message: str, library: pa.Table | None = None, masters: pa.Table | None = None, refresh_objects: bool = True) -> CommitResult:
+    def commit(self, tables: Mapping[str, pa.Table], *, message: str, library: pa.Table | None = None, masters: pa.Table | None = None, refresh_objects: bool = True, replace_frames: Collection[int] = ()) -> CommitResult:
         """Add one night's rows (``frames``, ``sources``, ``forced``: name -> Arrow table in that
         table's schema) in a single snapshot, and bring ``objects`` up to date with them. Rows of
         frames already in a table are skipped; nothing new makes no snapshot.
@@ -175,13 +185,21 @@ class Archive:
         of library stars in ``forced``; ``masters`` (``object_id``, ``band``, ``master``) gives
         magfit master magnitudes to objects that have none yet (a master, once set, stays). With
         ``refresh_objects=False`` new objects are added without statistics and existing ones are
-        left as they are (bulk loads: call ``refresh_objects`` once at the end)."""
+        left as they are (bulk loads: call ``refresh_objects`` once at the end).
+
+        ``replace_frames``: frames measured again (a frame that failed, retried): their rows in
+        every night table are deleted in the same snapshot before the new ones go in (earlier
+        snapshots and releases keep the old rows)."""
         unknown = set(tables) - set(NIGHT_TABLES)
         if unknown:
             raise ArchiveError(f"not night tables of the archive: {sorted(unknown)} (known: {list(NIGHT_TABLES)})")
         incoming = {name: self.schemas[name].conform(table) for name, table in tables.items()}
         with self._writer() as con:
             with _transaction(con):
+                if replace_frames:
+                    listed = ", ".join(str(int(f)) for f in sorted(set(replace_frames)))
+                    for name in NIGHT_TABLES:
+                        con.execute(f"DELETE FROM {CATALOG}.{name} WHERE frame_id IN ({listed})")
                 added, skipped = {}, 0
                 for name, table in incoming.items():
                     held = self._frames_held(con, name, table)

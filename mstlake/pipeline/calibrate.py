@@ -157,8 +157,9 @@ def _already_done(lake: LakePaths, telescope: str, band: str, science) -> bool:
     return True
 
 
-def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[int] | None, *, instrument: InstrumentConfig, cfg: CalibrationConfig, force: bool) -> list:
-    """The graph for one telescope's nights: a list of (result, staged cubes, extras)."""
+def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[int] | None, *, instrument: InstrumentConfig, cfg: CalibrationConfig, force: bool, redo: set[int] = frozenset()) -> list:
+    """The graph for one telescope's nights (``redo``: calibrated again even if done): a list of
+    (result, staged cubes, extras)."""
     det = instrument.detector
     gain, saturation = det.gain_e_per_adu, det.saturation_adu
     offset = instrument.site.utc_offset_hours
@@ -171,7 +172,7 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
     wanted = sorted(set(science.night)) if nights is None else [n for n in nights if n in set(science.night)]
     band = instrument.telescopes[telescope].band
     if not force:
-        wanted = [n for n in wanted if not _already_done(lake, telescope, band, science[science.night == n])]
+        wanted = [n for n in wanted if n in redo or not _already_done(lake, telescope, band, science[science.night == n])]
     if not wanted:
         return []
     biases = by_kind.get("bias")
@@ -258,9 +259,12 @@ def _plan_telescope(lake: LakePaths, telescope: str, tel_frames, nights: list[in
     return graph
 
 
-def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telescopes: list[str] | None = None, instrument: InstrumentConfig, cfg: CalibrationConfig, force: bool = False, progress: bool = True) -> list[NightResult]:
+def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telescopes: list[str] | None = None, instrument: InstrumentConfig, cfg: CalibrationConfig, force: bool = False, retry_failed: bool = False, progress: bool = True) -> list[NightResult]:
     """Calibrate the science frames of the given nights (default: all). A night whose masters and
-    cubes already hold exactly its current science frames is skipped unless ``force``."""
+    cubes already hold exactly its current science frames is skipped unless ``force``;
+    ``retry_failed`` calibrates again the nights (of those) with frames whose calibration failed,
+    those frames included."""
+    redo = retry_failed_calibrations(lake, nights) if retry_failed else set()
     frames = read_table(lake.frames_table, load_schema("frames")).to_pandas()
     frames = frames[frames.status == "ok"]
     if frames.empty:
@@ -271,7 +275,7 @@ def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telesc
     for telescope, tel_frames in frames.groupby("telescope"):
         if telescopes and telescope not in telescopes:
             continue
-        planned = _plan_telescope(lake, telescope, tel_frames, nights, instrument=instrument, cfg=cfg, force=force)
+        planned = _plan_telescope(lake, telescope, tel_frames, nights, instrument=instrument, cfg=cfg, force=force, redo={n for t, n in redo if t == telescope})
         graph += planned
         results += [entry[0] for entry in planned]
 
@@ -326,7 +330,22 @@ def _write_log(lake: LakePaths, results: list[NightResult], rows: list[dict]) ->
     write_table_atomic(pa.concat_tables([existing, schema.from_rows(rows)]), lake.calibration_log_table, schema)
 
 
+def retry_failed_calibrations(lake: LakePaths, nights: list[int] | None = None) -> set[tuple[str, int]]:
+    """Mark the frames whose calibration failed (of ``nights``, default all) usable again, and
+    return their (telescope, night)s, to be calibrated again."""
+    schema = load_schema("frames")
+    frames = read_table(lake.frames_table, schema).select(["frame_id", "telescope", "night", "status"]).to_pandas()
+    failed = frames[frames.status.fillna("").str.startswith(FAILED_CALIBRATION) & (frames.night.isin(nights) if nights else True)]
+    if failed.empty:
+        return set()
+    update_column(lake.frames_table, schema, "status", dict.fromkeys(failed.frame_id.astype(int), "ok"))
+    return set(zip(failed.telescope, failed.night.astype(int), strict=True))
+
+
+FAILED_CALIBRATION = "failed: calibration: "  # a frames-table status: the frame is left out of later runs until retried
+
+
 def _mark_failed(lake: LakePaths, results: list[NightResult]) -> None:
-    failed = {fid: f"failed: calibration: {why}" for r in results for fid, why in r.failed}
+    failed = {fid: f"{FAILED_CALIBRATION}{why}" for r in results for fid, why in r.failed}
     if failed:
         update_column(lake.frames_table, load_schema("frames"), "status", failed)

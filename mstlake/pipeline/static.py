@@ -17,7 +17,9 @@ the reason and the rest go on. Outputs:
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
@@ -25,6 +27,7 @@ import dask
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from astropy.io import fits
 from astropy.wcs import WCS
 
@@ -57,6 +60,7 @@ class StaticResult:
     failed: list[tuple[int, str]]  # frames without a WCS
     uncalibrated: list[tuple[int, str]]  # solved frames without a zero point
     nights: list[dict] = dataclass_field(default_factory=list)  # per band and night: frames, solved, calibrated, cloudy, points (light-curve points committed)
+    skipped: int = 0  # cubes (a band's night) whose frames were all measured and committed before
 
 
 _UNSOLVED = {
@@ -138,74 +142,142 @@ def _forced_table(frame_id: int, measured: FramePhotometry, target_ids: np.ndarr
     return load_schema("forced_photometry").from_columns(columns)
 
 
-def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig | None = None, nights: Sequence[int] | None = None, progress: bool = True) -> StaticResult:
-    """Solve and measure every frame in the field's cubes (of ``nights`` only, when given); write
-    the tables and files, and commit each night's light-curve points to the archive (one snapshot
-    per night)."""
+def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig | None = None, nights: Sequence[int] | None = None, force: bool = False, retry_failed: bool = False, progress: bool = True) -> StaticResult:
+    """Solve and measure the frames in the field's cubes (of ``nights`` only, when given), one
+    Dask graph per night and band, in time order: each night's files, archive commit (one
+    snapshot) and table rows are written before the next night starts, so a run stopped anywhere
+    resumes at the night it was in.
+
+    A frame already measured and committed is not measured again unless ``force``;
+    ``retry_failed`` measures again the frames whose astrometry or photometry failed. Frames
+    measured again have their archive rows replaced in the night's snapshot. Objects the library lacks that the archive knows when a night
+    starts (transients found on earlier nights) are measured on that night's frames too."""
     frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
     table = reference.to_pandas() if isinstance(reference, pa.Table) else pd.DataFrame(reference)
     pixel_scale_deg = instrument.detector.pixel_scale_arcsec / 3600
     gain = instrument.detector.gain_e_per_adu
     magfit_cfg = magfit_cfg or MagfitConfig()
-    per_cube = []
-    positions = table[["source_id", "ra", "dec"]].assign(colour=table.mag_g - table.mag_r if {"mag_g", "mag_r"} <= set(table.columns) else np.nan)
-    positions["_healpix_29"] = healpix.spatial_index(positions.ra.values, positions.dec.values)
-    # objects the library lacks, known to the archive when the run starts, are measured too (their
-    # light curves then have points on every frame, non-detections included)
-    extra = new_objects(lake).to_pandas().rename(columns={"object_id": "source_id"})
-    positions = pd.concat([positions, extra.assign(colour=np.nan)], ignore_index=True)
-    # one copy of the catalogues in the graph, shipped once to each worker rather than with every frame
-    shared_table, shared_extra = dask.delayed(table, name=f"static-reference-{field}"), dask.delayed(extra, name=f"static-extra-objects-{field}")
-    frame_tasks = []
-    for _, band, night, store in lake.field_cubes(field):
-        if nights and night not in nights:
-            continue
+    library = table[["source_id", "ra", "dec"]].assign(colour=table.mag_g - table.mag_r if {"mag_g", "mag_r"} <= set(table.columns) else np.nan)
+    library["_healpix_29"] = healpix.spatial_index(library.ra.values, library.dec.values)
+    # one copy of the catalogue in each graph, shipped once to each worker rather than with every frame
+    shared_table = dask.delayed(table, name=f"static-reference-{field}")
+    planned = plan_nights(lake, field, nights=nights, force=force, retry_failed=retry_failed)
+    for *_, night, store in lake.field_cubes(field):
+        if (not nights or night in nights) and all(store != p[2] for p in planned):
+            restore_frame_wcs(lake, store)
+    astrometry_rows, photometry_rows, per_night = [], [], []
+    for number, night_plan in enumerate(planned, start=1):
+        band, night, store, chosen, retried = night_plan
+        # the objects the archive knows now, so that a run resumed after a stop sees what an unbroken one did
+        extra = new_objects(lake).to_pandas().rename(columns={"object_id": "source_id"})
+        positions = pd.concat([library, extra.assign(colour=np.nan)], ignore_index=True)
+        shared_extra = dask.delayed(extra, name=f"static-extra-objects-{field}-{night}")
         tasks = []
         frame_ids = cubes.open_store(store).frame_id.values
         for index, frame_id in enumerate(frame_ids):
+            if int(frame_id) not in chosen:
+                continue
             row = frames.loc[int(frame_id)]
             keys = {"frame_id": int(frame_id), "field": field, "band": band, "night": night}
             pointing = (float(row.ra_pointing), float(row.dec_pointing))
             tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, shared_table, shared_extra, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
-        frame_tasks += tasks
-        inventory = frames.loc[[int(fid) for fid in frame_ids]]
-        per_cube.append(dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, inventory=inventory, archive_cfg=archive_cfg, magfit_cfg=magfit_cfg, dask_key_name=f"static-night-{field}-{band}-{night}"))
-    nights = compute(per_cube, tracked=frame_tasks, description="astrometry and photometry", scheduler=astrometry_cfg.scheduler, workers=astrometry_cfg.workers, progress=progress)
-    astrometry_rows = [row for night in nights for row in night[0]]
-    photometry_rows = [row for night in nights for row in night[1]]
-    per_night = [
-        {"band": photometry[0]["band"], "night": photometry[0]["night"], "frames": len(photometry), "solved": sum(r["status"] == "solved" for r in astrometry),
-         "calibrated": sum(r["status"] == "calibrated" for r in photometry), "cloudy": sum(bool(r["cloudy"]) and r["status"] == "calibrated" for r in photometry), "points": points}
-        for astrometry, photometry, points in nights if photometry
-    ]
-    now = dt.datetime.now(dt.UTC)
-    for row in astrometry_rows:
-        row["solved_at"] = now
-    for row in photometry_rows:
-        row["measured_at"] = now
-    _transparency(photometry_rows, frames)
-    _replace_rows(lake.astrometry_table, load_schema("astrometry"), astrometry_rows)
-    update_column(lake.frames_table, load_schema("frames"), "wcs_header", {r["frame_id"]: r["wcs_header"] for r in astrometry_rows})  # null where unsolved
-    _replace_rows(lake.photometry_table, load_schema("photometry"), photometry_rows)
+        inventory = frames.loc[sorted(chosen)]
+        written = dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, inventory=inventory, archive_cfg=archive_cfg, magfit_cfg=magfit_cfg, replace_frames=sorted(retried), dask_key_name=f"static-night-{field}-{band}-{night}")
+        description = f"measuring {band} {night} ({number}/{len(planned)})"
+        (night_astrometry, night_photometry, points), = compute([written], tracked=tasks, description=description, scheduler=astrometry_cfg.scheduler, workers=astrometry_cfg.workers, progress=progress)
+        _record_night(lake, store, night_astrometry, night_photometry, frames)
+        astrometry_rows += night_astrometry
+        photometry_rows += night_photometry
+        per_night.append({
+            "band": band, "night": night, "frames": len(night_photometry), "solved": sum(r["status"] == "solved" for r in night_astrometry),
+            "calibrated": sum(r["status"] == "calibrated" for r in night_photometry), "cloudy": sum(bool(r["cloudy"]) and r["status"] == "calibrated" for r in night_photometry), "points": points,
+        })
     return StaticResult(
         solved=sum(r["status"] == "solved" for r in astrometry_rows), calibrated=sum(r["status"] == "calibrated" for r in photometry_rows),
         cloudy=[r["frame_id"] for r in photometry_rows if r["cloudy"] and r["status"] == "calibrated"],
         failed=[(r["frame_id"], r["reason"]) for r in astrometry_rows if r["status"] != "solved"],
         uncalibrated=[(r["frame_id"], r["reason"]) for r in photometry_rows if r["status"] != "calibrated" and not r["reason"].startswith("not solved")],
-        nights=per_night,
+        nights=per_night, skipped=sum(1 for *_, night, _ in lake.field_cubes(field) if not nights or night in nights) - len(planned),
     )
 
 
-def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results, *, reference: pd.DataFrame, inventory: pd.DataFrame, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig) -> tuple[list[dict], list[dict], int]:
-    """Write one night's sources and forced photometry (whole files, atomically) and the frames'
-    WCS into the cube's attributes, commit the night's frames, detections and light-curve points
-    to the archive (one snapshot); pass the rows on, with the number of light-curve points."""
+def plan_nights(lake: LakePaths, field: str, *, nights: Sequence[int] | None = None, force: bool = False, retry_failed: bool = False) -> list[tuple[str, int, Path, set[int], set[int]]]:
+    """The field's cubes to measure, in time order: (band, night, cube, frames to measure, frames
+    of those to replace in the archive). A frame is done when the photometry table has its row
+    (written last) and the archive holds its night; ``force`` measures every frame again,
+    ``retry_failed`` those whose astrometry or photometry failed."""
+    from mstlake.lake.archive import committed_frames
+
+    cubes_by_night = sorted((night, band, store) for _, band, night, store in lake.field_cubes(field) if not nights or night in nights)
+    in_cubes = {(night, band): {int(f) for f in cubes.open_store(store).frame_id.values} for night, band, store in cubes_by_night}
+    measured = read_table(lake.photometry_table, load_schema("photometry")).select(["frame_id", "status"]).to_pandas()
+    solved = read_table(lake.astrometry_table, load_schema("astrometry")).select(["frame_id", "status"]).to_pandas()
+    failed = set(measured.frame_id[measured.status == "failed"]) | set(solved.frame_id[solved.status != "solved"])
+    everything = set().union(*in_cubes.values()) if in_cubes else set()
+    done = committed_frames(lake, everything) & set(measured.frame_id)
+    plan = []
+    for night, band, store in cubes_by_night:
+        held = in_cubes[(night, band)]
+        chosen = set(held) if force else (held - done) | ((held & failed) if retry_failed else set())
+        if chosen:
+            plan.append((band, night, store, chosen, chosen & done))
+    return plan
+
+
+def restore_frame_wcs(lake: LakePaths, store) -> set[int]:
+    """Put the astrometry table's solutions of a cube's frames into its attributes where they are
+    missing (a night calibrated again is a new cube); returns the cube's frame ids."""
+    held = {int(f) for f in cubes.open_store(store).frame_id.values}
+    solutions = read_table(lake.astrometry_table, load_schema("astrometry")).select(["frame_id", "wcs_header"]).to_pandas()
+    solutions = solutions[solutions.frame_id.isin(held) & solutions.wcs_header.notna()]
+    known = json.loads(cubes.open_store(store).attrs.get("wcs", "{}"))
+    missing = {int(f): header for f, header in zip(solutions.frame_id, solutions.wcs_header) if str(int(f)) not in known}
+    if missing:
+        cubes.set_frame_wcs(store, missing)
+    return held
+
+
+def _record_night(lake: LakePaths, store, astrometry_rows: list[dict], photometry_rows: list[dict], frames: pd.DataFrame) -> None:
+    """A measured night's rows into the astrometry table, the frames table's WCS and, last (it is
+    what says a frame is done), the photometry table; the cube's attributes keep every solved
+    frame's WCS (a night calibrated again lost them)."""
+    now = dt.datetime.now(dt.UTC)
+    for row in astrometry_rows:
+        row["solved_at"] = now
+    for row in photometry_rows:
+        row["measured_at"] = now
+    _replace_rows(lake.astrometry_table, load_schema("astrometry"), astrometry_rows)
+    update_column(lake.frames_table, load_schema("frames"), "wcs_header", {r["frame_id"]: r["wcs_header"] for r in astrometry_rows})  # null where unsolved
+    held = restore_frame_wcs(lake, store)
+    # transparency against the clearest frame of the whole night, those measured before included
+    schema = load_schema("photometry")
+    redone = {r["frame_id"] for r in photometry_rows}
+    existing = read_table(lake.photometry_table, schema)
+    existing = existing.filter(pc.invert(pc.is_in(existing.column("frame_id"), pa.array(sorted(redone), pa.int64()))))
+    earlier = existing.select(["frame_id", "band", "zero_point_mag"]).to_pylist()
+    in_night = [row for row in earlier if row["frame_id"] in held]
+    _transparency(in_night + photometry_rows, frames)
+    updated = {row["frame_id"]: row.get("transparency") for row in in_night}
+    transparency = [updated[f] if f in updated else old for f, old in zip(existing.column("frame_id").to_pylist(), existing.column("transparency").to_pylist(), strict=True)]
+    existing = existing.set_column(existing.schema.get_field_index("transparency"), existing.schema.field("transparency"), pa.array(transparency, existing.schema.field("transparency").type))
+    write_table_atomic(pa.concat_tables([existing, schema.from_rows(photometry_rows)]), lake.photometry_table, schema)
+
+
+def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results, *, reference: pd.DataFrame, inventory: pd.DataFrame, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig, replace_frames: Sequence[int] = ()) -> tuple[list[dict], list[dict], int]:
+    """Write one night's sources and forced photometry (whole files, atomically; rows of the
+    night's frames not measured this time kept) and the frames' WCS into the cube's attributes,
+    commit the measured frames, detections and light-curve points to the archive (one snapshot;
+    ``replace_frames``' earlier rows replaced); pass the rows on, with the number of light-curve
+    points the archive added."""
     cubes.set_frame_wcs(store, {r[0]["frame_id"]: r[0]["wcs_header"] for r in results if r[0]["wcs_header"]})
+    measured_now = [r[0]["frame_id"] for r in results]
     sources = [r[2] for r in results if r[2] is not None]
     forced = [r[3] for r in results if r[3] is not None]
     for tables, path, name in ((sources, lake.sources_file(field, band, night), "sources"), (forced, lake.forced_file(field, band, night), "forced_photometry")):
         schema = load_schema(name)
-        write_table_atomic(pa.concat_tables(tables) if tables else schema.empty(), path, schema)
+        kept = read_table(path, schema)
+        kept = kept.filter(pc.invert(pc.is_in(kept.column("frame_id"), pa.array(measured_now, pa.int64()))))
+        write_table_atomic(pa.concat_tables([kept, *tables]).sort_by("frame_id") if kept.num_rows or tables else schema.empty(), path, schema)
     astrometry_rows, photometry_rows = [r[0] for r in results], [r[1] for r in results]
     if results:
         mjd = inventory.mjd.to_dict()
@@ -218,8 +290,8 @@ def _write_night(lake: LakePaths, field: str, band: str, night: int, store, resu
         if "forced" in night_tables and magfit_cfg.enabled:
             night_tables["forced"], night_tables["frames"], masters = magfit_night(lake, night_tables["forced"], night_tables["frames"], reference, band, magfit_cfg)
         library = pa.table({"source_id": reference.source_id.values, "ra": reference.ra.values, "dec": reference.dec.values})
-        Archive(lake, archive_cfg).commit(night_tables, message=f"{field} {band} night {night}", library=library, masters=masters)
-    return astrometry_rows, photometry_rows, night_tables["forced"].num_rows if results and "forced" in night_tables else 0
+        committed = Archive(lake, archive_cfg).commit(night_tables, message=f"{field} {band} night {night}", library=library, masters=masters, replace_frames=replace_frames)
+    return astrometry_rows, photometry_rows, committed.rows_added.get("forced", 0) if results else 0
 
 
 def archive_frames(astrometry_rows: list[dict], photometry_rows: list[dict], inventory: pd.DataFrame, *, partition_order: int) -> pa.Table:
@@ -313,8 +385,8 @@ def magfit_night(lake: LakePaths, points: pa.Table, frames: pa.Table, reference:
 
 
 def _transparency(rows: list[dict], frames: pd.DataFrame) -> None:
-    """Flux relative to the clearest calibrated frame of the same telescope and band in this run
-    (extinction included: a frame at high airmass counts as less transparent)."""
+    """Flux relative to the clearest calibrated frame of the same telescope and band among ``rows``
+    (a night's; extinction included: a frame at high airmass counts as less transparent)."""
     table = pd.DataFrame([{"i": i, "zp": r["zero_point_mag"], "band": r["band"], "telescope": frames.loc[r["frame_id"], "telescope"]} for i, r in enumerate(rows) if r["zero_point_mag"] is not None])
     if table.empty:
         return

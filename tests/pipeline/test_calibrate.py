@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -94,8 +95,11 @@ def test_masters_export_to_fits(calibrated):
         assert abs(np.median(hdul[0].data) - 1) < 1e-3
 
 
-def test_rerun_skips_done_nights_and_force_gives_identical_cubes(calibrated, instrument, pipeline_config):
-    _, lake, results = calibrated
+def test_rerun_skips_done_nights_and_force_gives_identical_cubes(calibrated, instrument, pipeline_config, tmp_path):
+    _, shared, results = calibrated
+    lake = LakePaths(tmp_path / "lake")  # a copy: the session's lake is measured by other tests
+    shutil.copytree(shared.root, lake.root)
+    results = [dataclasses.replace(r, cubes=[lake.root / c.relative_to(shared.root) for c in r.cubes]) for r in results]
     before = {r.cubes[0]: cubes.open_store(r.cubes[0]).image.values.copy() for r in results}
     assert calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False) == []
     again = calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, force=True, progress=False)
@@ -113,7 +117,8 @@ def test_a_failing_frame_is_recorded_and_the_night_goes_on(small_simulation, tmp
     run_inventory(raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
     frames = pq.read_table(lake.frames_table).to_pandas()
     victim = frames[(frames.type == "science") & (frames.telescope == "MST2")].iloc[0]
-    Path(victim.path).write_bytes(Path(victim.path).read_bytes()[:5000])  # damaged after the inventory (our own copy)
+    intact = Path(victim.path).read_bytes()
+    Path(victim.path).write_bytes(intact[:5000])  # damaged after the inventory (our own copy)
     results = calibrate_nights(lake, telescopes=["MST2"], instrument=instrument, cfg=pipeline_config.calibration, progress=False)
     (result,) = results
     assert [fid for fid, _ in result.failed] == [victim.frame_id]
@@ -122,6 +127,16 @@ def test_a_failing_frame_is_recorded_and_the_night_goes_on(small_simulation, tmp
     assert status[victim.frame_id].startswith("failed: calibration:")
     log = pq.read_table(lake.calibration_log_table).to_pandas()
     assert (log.set_index("frame_id").decision[victim.frame_id]) == "failed"
+    # a plain re-run leaves the failed frame out; --retry-failed, once the file is mended, takes it again
+    assert calibrate_nights(lake, telescopes=["MST2"], instrument=instrument, cfg=pipeline_config.calibration, progress=False)[0].failed == []
+    Path(victim.path).write_bytes(intact)
+    (retried,) = calibrate_nights(lake, telescopes=["MST2"], instrument=instrument, cfg=pipeline_config.calibration, retry_failed=True, progress=False)
+    assert retried.failed == [] and victim.frame_id in retried.science_ids
+    assert pq.read_table(lake.frames_table).to_pandas().set_index("frame_id").status[victim.frame_id] == "ok"
+    assert pq.read_table(lake.calibration_log_table).to_pandas().set_index("frame_id").decision[victim.frame_id] == "used"
+    cube = cubes.open_store(retried.cubes[0])
+    assert np.isfinite(cube.image.sel(frame=cube.frame_id.values.tolist().index(victim.frame_id)).values).mean() > 0.99
+    assert calibrate_nights(lake, telescopes=["MST2"], instrument=instrument, cfg=pipeline_config.calibration, retry_failed=True, progress=False) == []  # nothing left to retry
 
 
 def test_quantisation_error_is_a_small_fraction_of_the_noise():

@@ -96,7 +96,7 @@ def test_each_nights_light_curve_points_are_in_the_archive_once(solved_lake, pip
     import healpy as hp
     import pyarrow.parquet as pq
 
-    from mstlake.lake.archive import Archive
+    from mstlake.lake.archive import NEW_OBJECT_BASE, Archive
 
     paths, lake, _, _ = solved_lake
     archive = Archive(lake, pipeline_config.archive)
@@ -108,7 +108,10 @@ def test_each_nights_light_curve_points_are_in_the_archive_once(solved_lake, pip
     assert len(points) == len(files) > 0 and snapshots == len(lake.field_cubes("f02"))
     assert not points.duplicated(["object_id", "frame_id"]).any()
     library = pq.read_table(paths.standard_library).to_pandas().set_index("source_id")
-    sample = points.sample(200, random_state=1)
+    # objects found on an earlier night (or band) of the run are measured on the later ones, at the place they were found
+    found = points[points.object_id >= NEW_OBJECT_BASE]
+    assert found.groupby("object_id")._healpix_29.nunique().eq(1).all()
+    sample = points[points.object_id < NEW_OBJECT_BASE].sample(200, random_state=1)
     expected = hp.ang2pix(2**29, library.ra.loc[sample.object_id].values, library.dec.loc[sample.object_id].values, nest=True, lonlat=True)
     assert (sample._healpix_29.values == expected).all()
     assert (sample.healpix_partition.values == expected >> 2 * (29 - pipeline_config.archive.partition_order)).all()
@@ -211,7 +214,8 @@ def test_a_later_run_measures_the_archives_new_objects_on_every_frame(solved_lak
     (transient,) = set(new.object_id) - before
     assert (new.object_id >= NEW_OBJECT_BASE).all()
     reference = load_reference(field, copy, base=paths.raw)
-    measure_field(copy, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, magfit_cfg=pipeline_config.magfit, progress=False)
+    # committed frames are measured again only when forced: the transient then gets points on them
+    measure_field(copy, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, magfit_cfg=pipeline_config.magfit, force=True, progress=False)
     forced = duckdb.sql(f"SELECT frame_id, source_id, flux, flux_err FROM '{copy.tables_dir}/forced_photometry/*/*/*.parquet' WHERE source_id = {transient}").df()
     # the transient is measured on every frame that holds it (here all of them), flux kept when negative
     from astropy.io import fits

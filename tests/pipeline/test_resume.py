@@ -1,0 +1,237 @@
+"""Re-runs of the measurement stage (issue 7): what is committed is not measured again, a frame that
+raises is recorded and retried, and an ingest killed anywhere ends, run again, where an unbroken
+one does."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mstlake.lake.tables import read_table
+from mstlake.paths import LakePaths
+from mstlake.schemas import load_schema
+
+
+def lake_digest(lake: LakePaths) -> dict:
+    """Row counts and content sums of every table an ingest writes, the archive's included (at its
+    last snapshot), and the calibrated pixels: equal digests, equal lakes (timestamps aside)."""
+    import duckdb
+
+    from mstlake.lake import cubes
+    from mstlake.lake.archive import open_reader
+
+    digest = {}
+    for name in ("frames", "astrometry", "photometry", "calibration_log"):
+        table = read_table(getattr(lake, f"{name}_table"), load_schema(name)).to_pandas()
+        numbers = table.select_dtypes("number")
+        digest[name] = (len(table), tuple(np.round(numbers.fillna(0).sum().to_numpy(), 4)), tuple(sorted(table.status.fillna(""))) if "status" in table else ())
+    for name, folder in (("sources", lake.sources_dir), ("forced_photometry", lake.forced_dir)):
+        files = sorted(Path(folder).rglob("*.parquet"))
+        table = pd.concat([pd.read_parquet(p) for p in files]) if files else pd.DataFrame()
+        digest[name] = (len(files), len(table), round(float(np.nansum(table.select_dtypes("number").to_numpy(float))), 2) if len(table) else 0.0)
+    for _, band, night, store in lake.field_cubes():
+        cube = cubes.open_store(store)
+        digest[f"cube {band} {night}"] = (tuple(cube.frame_id.values.tolist()), round(float(np.nansum(cube.image.values)), 1), len(cube.attrs.get("wcs", "{}")))
+    con = open_reader(lake)
+    try:
+        for name, total in (("frames", "count(*)"), ("sources", "sum(flux_psf)"), ("forced", "sum(flux)"), ("objects", "count(*)")):
+            digest[f"archive {name}"] = tuple(round(float(v or 0), 2) for v in con.execute(f"SELECT count(*), {total} FROM lake.{name}").fetchone())
+        digest["archive duplicates"] = con.execute("SELECT count(*) FROM (SELECT object_id, frame_id FROM lake.forced GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
+    finally:
+        con.close()
+    digest["visible files"] = sorted(str(p.relative_to(lake.root)) for p in Path(lake.root).rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(lake.root).parts) and "archive" not in p.parts and "masters" not in p.parts)
+    del duckdb
+    return digest
+
+
+def _measure(lake, paths, field, instrument, pipeline_config, **options):
+    from mstlake.lake.refcat import load_reference
+    from mstlake.pipeline.static import measure_field
+
+    reference = load_reference(field, lake, base=paths.raw)
+    astrometry = dataclasses.replace(pipeline_config.astrometry, scheduler="synchronous")  # in this process: the monkeypatch holds
+    return measure_field(lake, "f02", reference, instrument=instrument, astrometry_cfg=astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, magfit_cfg=pipeline_config.magfit, progress=False, **options)
+
+
+def test_a_second_run_measures_nothing_and_force_measures_everything_again(solved_lake, instrument, pipeline_config, tmp_path):
+    paths, lake, field, first = solved_lake
+    copy = LakePaths(tmp_path / "lake")
+    shutil.copytree(lake.root, copy.root)
+    before = lake_digest(copy)
+    again = _measure(copy, paths, field, instrument, pipeline_config)
+    assert again.nights == [] and again.skipped == len(copy.field_cubes("f02")) >= 2
+    forced = _measure(copy, paths, field, instrument, pipeline_config, force=True)
+    assert forced.skipped == 0 and sum(n["frames"] for n in forced.nights) == sum(n["frames"] for n in first.nights)
+    # replaced in the archive; more points than the first run, which knew fewer new objects when each night began
+    assert sum(n["points"] for n in forced.nights) >= sum(n["points"] for n in first.nights)
+    after = lake_digest(copy)
+    assert after["archive duplicates"] == 0 and after["archive frames"] == before["archive frames"]
+    for name in ("astrometry", "visible files"):
+        assert after[name] == before[name], name
+
+
+def test_a_frame_that_raises_is_recorded_the_night_goes_on_and_retry_failed_measures_it(solved_lake, instrument, pipeline_config, tmp_path, monkeypatch):
+    import mstlake.pipeline.static as static
+    from mstlake.lake.archive import open_reader
+
+    paths, lake, field, _ = solved_lake
+    copy = LakePaths(tmp_path / "lake")
+    shutil.copytree(lake.root, copy.root)
+    for item in [copy.astrometry_table, copy.photometry_table, copy.archive_dir, copy.sources_dir, copy.forced_dir]:
+        shutil.rmtree(item) if Path(item).is_dir() else Path(item).unlink()
+    victim = int(read_table(lake.photometry_table, load_schema("photometry")).column("frame_id")[0].as_py())
+    measure = static.photometer_frame
+
+    def flaky(image, *args, **kwargs):
+        if kwargs["forced_extra"] is not None and _frame_of(image, copy) == victim:
+            raise MemoryError("simulated failure")
+        return measure(image, *args, **kwargs)
+
+    monkeypatch.setattr(static, "photometer_frame", flaky)
+    broken = _measure(copy, paths, field, instrument, pipeline_config)
+    photometry = read_table(copy.photometry_table, load_schema("photometry")).to_pandas().set_index("frame_id")
+    assert photometry.status[victim] == "failed" and photometry.reason[victim] == "MemoryError: simulated failure"
+    assert (photometry.drop(index=victim).status == "calibrated").all()  # the night went on
+    assert len(broken.nights) == len(lake.field_cubes("f02"))
+    monkeypatch.setattr(static, "photometer_frame", measure)
+    assert _measure(copy, paths, field, instrument, pipeline_config).nights == []  # a plain re-run leaves it
+    retried = _measure(copy, paths, field, instrument, pipeline_config, retry_failed=True)
+    assert sum(n["frames"] for n in retried.nights) == 1 and retried.calibrated == 1
+    con = open_reader(copy)
+    rows = con.execute(f"SELECT status FROM lake.frames WHERE frame_id = {victim}").fetchall()
+    points = con.execute(f"SELECT count(*) FROM lake.forced WHERE frame_id = {victim}").fetchone()[0]
+    con.close()
+    assert rows == [("calibrated",)] and points > 100
+    # as if it had never failed, but for the objects found after its night (measured on it now)
+    retried_digest, original = lake_digest(copy), lake_digest(lake)
+    differing = [name for name in original if retried_digest[name] != original[name]]
+    assert set(differing) <= {"photometry", "forced_photometry", "archive forced"}, differing
+    library_points = "SELECT count(*), sum(flux) FROM lake.forced WHERE object_id < 9000000000000000000"
+    (count, flux), (count_retried, flux_retried) = _query(lake, library_points), _query(copy, library_points)
+    assert count == count_retried and flux_retried == pytest.approx(flux, rel=1e-4)  # fitted with those objects' light modelled too
+
+
+def _query(lake: LakePaths, sql: str) -> tuple:
+    from mstlake.lake.archive import open_reader
+
+    con = open_reader(lake)
+    try:
+        return tuple(round(float(v), 2) for v in con.execute(sql).fetchone())
+    finally:
+        con.close()
+
+
+def _frame_of(image, lake: LakePaths) -> int | None:
+    """The frame of a cube whose pixels these are (the kernel is handed arrays, not ids)."""
+    from mstlake.lake import cubes
+
+    for *_, store in lake.field_cubes("f02"):
+        cube = cubes.open_store(store)
+        for index, frame_id in enumerate(cube.frame_id.values):
+            if np.array_equal(cube.image.isel(frame=index).values, image, equal_nan=True):
+                return int(frame_id)
+    return None
+
+
+def _read_while_running(run: subprocess.Popen, lake: LakePaths, *, frames_per_night: int) -> set[int]:
+    """Query the archive over and over while ``run`` ingests into it; every snapshot must hold whole
+    nights (each frame's row with its light-curve points). Returns the frame counts seen."""
+    import duckdb
+
+    from mstlake.lake.archive import ArchiveError, open_reader
+
+    seen = set()
+    while run.poll() is None:
+        try:
+            con = open_reader(lake)
+        except ArchiveError:  # nothing committed yet
+            time.sleep(0.2)
+            continue
+        try:
+            frames = con.execute("SELECT frame_id, night, status FROM lake.frames").df()
+            measured = {row[0] for row in con.execute("SELECT DISTINCT frame_id FROM lake.forced").fetchall()}
+        except duckdb.CatalogException:  # the first writer is still creating the tables
+            continue
+        finally:
+            con.close()
+        assert frames.groupby("night").size().eq(frames_per_night).all() and not frames.frame_id.duplicated().any()
+        assert set(frames.frame_id[frames.status == "calibrated"]) <= measured
+        seen.add(len(frames))
+        time.sleep(0.2)
+    return seen
+
+
+def _ingest(raw: Path, lake: Path, cwd: Path) -> subprocess.Popen:
+    log = open(lake.with_suffix(".log"), "ab")  # noqa: SIM115 (the child writes it; closed when the child ends)
+    with log:
+        return subprocess.Popen([sys.executable, "-m", "mstlake.cli", "ingest", "--field", "f02", "--raw", str(raw), "--lake", str(lake), "--quiet"], cwd=cwd, stdout=log, stderr=log, start_new_session=True)
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_an_ingest_killed_at_random_points_ends_where_an_unbroken_one_does(tmp_path, seed):
+    """SIGKILL (the whole process group: local-scheduler worker processes too) at random moments,
+    then a run to the end: the same tables, archive, cubes and files as one run never stopped."""
+    from click.testing import CliRunner
+
+    from mstlake.cli import main
+
+    sim = CliRunner().invoke(main, ["simulate", "--nights", "2", "--frames-per-night", "2", "--telescopes", "MST2", "--scale", "0.04", "--seed", "8", "--out", str(tmp_path / "raw" / "f02")])
+    assert sim.exit_code == 0, sim.output
+    raw = tmp_path / "raw" / "f02"
+    started = time.perf_counter()
+    unbroken = _ingest(raw, tmp_path / "unbroken", tmp_path)
+    seen = _read_while_running(unbroken, LakePaths(tmp_path / "unbroken"), frames_per_night=2)
+    assert unbroken.wait(timeout=600) == 0, (tmp_path / "unbroken.log").read_text()
+    duration = time.perf_counter() - started
+    assert seen >= {2, 4}  # a reader in this process saw each night arrive whole, and only whole
+    rng = np.random.default_rng(seed)
+    kills = 0
+    for moment in sorted(rng.uniform(0.15, 0.95, 3) * duration):
+        run = _ingest(raw, tmp_path / "killed", tmp_path)
+        time.sleep(moment)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            kills += 1
+        run.wait(timeout=60)
+    assert kills >= 2
+    last = _ingest(raw, tmp_path / "killed", tmp_path)
+    assert last.wait(timeout=600) == 0, (tmp_path / "killed.log").read_text()
+    assert lake_digest(LakePaths(tmp_path / "killed")) == lake_digest(LakePaths(tmp_path / "unbroken"))
+
+
+def test_a_worker_killed_mid_night_changes_nothing(solved_lake, instrument, pipeline_config, tmp_path):
+    """On a 2-worker local cluster, one worker process is SIGKILLed while it measures a frame: the
+    scheduler runs its tasks again elsewhere and the lake ends as the local schedulers left it."""
+    import threading
+
+    from mstlake.pipeline.execute import cluster
+
+    paths, lake, field, _ = solved_lake
+    copy = LakePaths(tmp_path / "lake")
+    shutil.copytree(lake.root, copy.root)
+    for item in [copy.astrometry_table, copy.photometry_table, copy.archive_dir, copy.sources_dir, copy.forced_dir]:
+        shutil.rmtree(item) if Path(item).is_dir() else Path(item).unlink()
+    with cluster(workers=2) as client:
+        outcome = {}
+        run = threading.Thread(target=lambda: outcome.update(result=_measure(copy, paths, field, instrument, pipeline_config)))
+        run.start()
+        deadline, killed = time.monotonic() + 120, None
+        while killed is None and time.monotonic() < deadline and run.is_alive():
+            busy = [address for address, keys in client.processing().items() if any("static-frame" in str(k) for k in keys)]
+            if busy:
+                killed = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        run.join(timeout=600)
+    assert killed is not None and "result" in outcome
+    assert lake_digest(copy) == lake_digest(lake)
