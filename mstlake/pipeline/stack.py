@@ -267,7 +267,11 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     # (aperture errors) and the background's own rms map (PSF-fit errors). Measured before
     # anything is fitted: on the image with the fitted stars subtracted, fits of noise peaks
     # found there would have taken some of the noise away (errors 10% too small against the truth).
-    blank = {"radius_px": max(fwhm, 1.5), "sources_xy": extraction.sources[["x", "y"]].to_numpy(), "avoid_px": 2.5 * max(fwhm, 1.5)}
+    # "blank" sky is away from every star the fit models: the detections and the catalogue's stars
+    # (forced at their places, their light is fitted, not noise); what is left in the apertures is
+    # the sky and the stars no one models, which are noise to every forced measurement
+    modelled_xy = np.vstack([extraction.sources[["x", "y"]].to_numpy(), np.column_stack([ref_x, ref_y])[(ref_x > -20) & (ref_x < nx + 20) & (ref_y > -20) & (ref_y < ny + 20)]])
+    blank = {"radius_px": max(fwhm, 1.5), "sources_xy": modelled_xy, "avoid_px": 2.5 * max(fwhm, 1.5)}
     correlation = noise_correlation(residual, extraction.background_noise**2, bad, **blank)
     extraction, variance = _noise_scaled(extraction, variance, psf_fit=correlation, apertures=noise_correlation(residual, variance, bad, **blank))
     scene_search = stack_cfg.scene_detect_sigma > 0 and stack_cfg.scene_passes > 0
@@ -389,7 +393,7 @@ def noise_correlation(residual: np.ndarray, variance: np.ndarray, bad: np.ndarra
     """How much larger the noise of a sum over a PSF-sized aperture is than the variance map
     says (1 for independent pixels; above 1 where resampling has correlated neighbours): the robust
     scatter of sums in apertures of ``radius_px`` at random places farther than ``avoid_px`` from
-    every detection in ``sources_xy``, over their predicted error. ``residual``: the image with its
+    every star in ``sources_xy`` (those the photometry models), over their predicted error. ``residual``: the image with its
     sky subtracted. The faint stars no detection found stay in the apertures: they are noise to
     forced photometry too. Checked against simulator truth (benchmarks/stack_depth.py): the
     corrected errors of faint stars' forced magnitudes scatter as they claim."""
