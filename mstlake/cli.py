@@ -62,7 +62,8 @@ def main() -> None:
 
     Raw FITS frames go in (never modified); calibrated image cubes, HEALPix-partitioned catalogues
     and SQL light curves come out: simulate, inventory, ingest (calibration, astrometry,
-    photometry, the archive), stack, sql, lightcurve, release, compact, export-hats. Start with
+    photometry, the archive), stack, sql, lightcurve, release, reprocess, releases, compact,
+    export-hats. Start with
     `mstlake demo`.
     """
 
@@ -336,6 +337,64 @@ def release(name, lake_dir, note):
     except ArchiveError as err:
         _fail(str(err))
     console.print(f"release [bold]{name}[/] = snapshot {snapshot} of {lake_dir}")
+
+
+@main.command()
+@click.option("--release", "name", required=True, help="Name of the new release (e.g. DR1); a name is given once.")
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake whose raw frames (its inventory) are reprocessed.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@cluster_options
+@CONFIG_OPTION
+def reprocess(name, lake_dir, quiet, workers, scheduler_address, config_dir):
+    """Calibrate and measure again every raw frame the lake's inventory knows, with today's
+    pipeline and configuration (--config-dir), into a new release: a lake of its own under
+    LAKE/releases/NAME (tables, cubes, masters, archive) that nothing changes afterwards; the
+    nightly lake and earlier releases are not touched. Its manifest (release.json) records the
+    pipeline version, the configuration's hash, the inputs' sha256 and the masters; the archive's
+    frames rows carry the release's name. Interrupted, run it again: it resumes. Query it with
+    `--release NAME` (sql, lightcurve, export-hats)."""
+    from mstlake.pipeline.release import ReleaseError, reprocess as reprocess_release
+
+    lake = LakePaths(lake_dir)
+    if not lake.frames_table.exists():
+        _fail(f"no lake with an inventory at {lake_dir}")
+    started = time.perf_counter()
+    try:
+        with _on_cluster(scheduler_address, workers):
+            manifest = reprocess_release(lake, name, fields=cfg.load_fields(config_dir), instrument=cfg.load_instrument(config_dir), pipeline=cfg.load_pipeline(config_dir), config_dir=config_dir, reference_base=Path.cwd(), progress=not quiet)
+    except (ReleaseError, cfg.ConfigError) as err:
+        _fail(str(err))
+    rows = ", ".join(f"{table} {count}" for table, count in manifest["rows"].items())
+    console.print(f"release [bold]{name}[/] made in {time.perf_counter() - started:.0f} s at [cyan]{manifest['lake']}[/]: {rows}")
+
+
+@main.command()
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Lake directory.")
+def releases(lake_dir):
+    """List the lake's data releases: named snapshots of its archive (`mstlake release`) and
+    reprocessed releases (`mstlake reprocess`), with their provenance and row counts."""
+    from mstlake.lake.archive import ArchiveError, releases as named_snapshots
+    from mstlake.pipeline.release import released
+
+    lake = LakePaths(lake_dir)
+    if not lake.root.is_dir():
+        _fail(f"no lake at {lake_dir}")
+    try:
+        snapshots = named_snapshots(lake) if lake.archive_catalogue.exists() else []
+    except ArchiveError as err:
+        _fail(str(err))
+    manifests = released(lake)
+    if not snapshots and not manifests:
+        console.print(f"no releases in {lake_dir} (make one with `mstlake release NAME` or `mstlake reprocess --release NAME`)")
+        return
+    for release_name, snapshot in snapshots:
+        console.print(f"[bold]{release_name}[/]  snapshot {snapshot} of the nightly archive", soft_wrap=True)
+    for m in manifests:
+        rows = m["rows"]
+        console.print(
+            f"[bold]{m['name']}[/]  reprocessed {m['created']} at {m['lake']}\n    pipeline {m['pipeline_version']}, config sha256 {m['config_sha256'][:16]}, "
+            f"{m['inputs']['frames']} input frames (sha256 of their list {m['inputs']['sha256_of_list'][:16]}), {len(m['masters'])} masters\n"
+            f"    {rows.get('photometry', 0)} frames measured, {rows.get('archive.forced', 0)} light-curve points, {rows.get('archive.objects', 0)} objects", soft_wrap=True)
 
 
 @main.command()

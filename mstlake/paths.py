@@ -177,6 +177,15 @@ class LakePaths:
     def masters(self, telescope: str, night: int) -> Path:
         return self.root / "masters" / telescope / f"{night}.zarr"
 
+    def release_lake(self, name: str) -> LakePaths:
+        """A reprocessed data release (``mstlake reprocess``): a whole lake of its own, inside this one."""
+        return LakePaths(self.root / "releases" / name)
+
+    @property
+    def release_manifest(self) -> Path:
+        """In a release's lake: what it was made from and with; written last (no manifest: unfinished)."""
+        return self.root / "release.json"
+
     def masters_fits_dir(self, telescope: str, night: int) -> Path:
         return self.root / "masters" / telescope / f"{night}_fits"
 

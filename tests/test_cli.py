@@ -8,7 +8,7 @@ from mstlake.lake.archive import Archive
 from mstlake.paths import LakePaths
 
 
-@pytest.mark.parametrize("command", [[], ["simulate"], ["inventory"], ["ingest"], ["demo"], ["sql"]])
+@pytest.mark.parametrize("command", [[], ["simulate"], ["inventory"], ["ingest"], ["demo"], ["sql"], ["reprocess"], ["releases"]])
 def test_every_command_explains_itself(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0

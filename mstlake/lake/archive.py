@@ -113,9 +113,12 @@ def releases(paths: LakePaths) -> list[tuple[str, int]]:
 
 def open_reader(paths: LakePaths, release: str | None = None) -> duckdb.DuckDBPyConnection:
     """A read-only connection with the lake's archive attached as ``lake``: the last committed
-    snapshot, or the snapshot of ``release``. Readers need no lock and no configuration."""
+    snapshot, or the snapshot of ``release`` (or the archive of a release ``mstlake reprocess``
+    made). Readers need no lock and no configuration."""
     if release is None:
         return connect(paths, read_only=True)
+    if paths.release_lake(release).release_manifest.exists():  # reprocessed: a lake of its own
+        return connect(paths.release_lake(release), read_only=True)
     named = dict(releases(paths))
     if release not in named:
         raise ArchiveError(f"no release {release!r} in {paths.archive_dir} (known: {sorted(named) or 'none'})")

@@ -142,7 +142,7 @@ def _forced_table(frame_id: int, measured: FramePhotometry, target_ids: np.ndarr
     return load_schema("forced_photometry").from_columns(columns)
 
 
-def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig | None = None, nights: Sequence[int] | None = None, force: bool = False, retry_failed: bool = False, progress: bool = True) -> StaticResult:
+def measure_field(lake: LakePaths, field: str, reference, *, instrument: InstrumentConfig, astrometry_cfg: AstrometryConfig, photometry_cfg: PhotometryConfig, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig | None = None, nights: Sequence[int] | None = None, force: bool = False, retry_failed: bool = False, release: str | None = None, progress: bool = True) -> StaticResult:
     """Solve and measure the frames in the field's cubes (of ``nights`` only, when given), one
     Dask graph per night and band, in time order: each night's files, archive commit (one
     snapshot) and table rows are written before the next night starts, so a run stopped anywhere
@@ -151,7 +151,8 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     A frame already measured and committed is not measured again unless ``force``;
     ``retry_failed`` measures again the frames whose astrometry or photometry failed. Frames
     measured again have their archive rows replaced in the night's snapshot. Objects the library lacks that the archive knows when a night
-    starts (transients found on earlier nights) are measured on that night's frames too."""
+    starts (transients found on earlier nights) are measured on that night's frames too.
+    ``release``: the data release the frames are processed for (on the archive's frames rows)."""
     frames = read_table(lake.frames_table, load_schema("frames")).to_pandas().set_index("frame_id")
     table = reference.to_pandas() if isinstance(reference, pa.Table) else pd.DataFrame(reference)
     pixel_scale_deg = instrument.detector.pixel_scale_arcsec / 3600
@@ -182,7 +183,7 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
             pointing = (float(row.ra_pointing), float(row.dec_pointing))
             tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, shared_table, shared_extra, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
         inventory = frames.loc[sorted(chosen)]
-        written = dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, inventory=inventory, archive_cfg=archive_cfg, magfit_cfg=magfit_cfg, replace_frames=sorted(retried), dask_key_name=f"static-night-{field}-{band}-{night}")
+        written = dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, inventory=inventory, archive_cfg=archive_cfg, magfit_cfg=magfit_cfg, replace_frames=sorted(retried), release=release, dask_key_name=f"static-night-{field}-{band}-{night}")
         description = f"measuring {band} {night} ({number}/{len(planned)})"
         (night_astrometry, night_photometry, points), = compute([written], tracked=tasks, description=description, scheduler=astrometry_cfg.scheduler, workers=astrometry_cfg.workers, progress=progress)
         _record_night(lake, store, night_astrometry, night_photometry, frames)
@@ -263,7 +264,7 @@ def _record_night(lake: LakePaths, store, astrometry_rows: list[dict], photometr
     write_table_atomic(pa.concat_tables([existing, schema.from_rows(photometry_rows)]), lake.photometry_table, schema)
 
 
-def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results, *, reference: pd.DataFrame, inventory: pd.DataFrame, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig, replace_frames: Sequence[int] = ()) -> tuple[list[dict], list[dict], int]:
+def _write_night(lake: LakePaths, field: str, band: str, night: int, store, results, *, reference: pd.DataFrame, inventory: pd.DataFrame, archive_cfg: ArchiveConfig, magfit_cfg: MagfitConfig, replace_frames: Sequence[int] = (), release: str | None = None) -> tuple[list[dict], list[dict], int]:
     """Write one night's sources and forced photometry (whole files, atomically; rows of the
     night's frames not measured this time kept) and the frames' WCS into the cube's attributes,
     commit the measured frames, detections and light-curve points to the archive (one snapshot;
@@ -281,7 +282,7 @@ def _write_night(lake: LakePaths, field: str, band: str, night: int, store, resu
     astrometry_rows, photometry_rows = [r[0] for r in results], [r[1] for r in results]
     if results:
         mjd = inventory.mjd.to_dict()
-        night_tables = {"frames": archive_frames(astrometry_rows, photometry_rows, inventory, partition_order=archive_cfg.partition_order)}
+        night_tables = {"frames": archive_frames(astrometry_rows, photometry_rows, inventory, partition_order=archive_cfg.partition_order, release=release)}
         if sources:
             night_tables["sources"] = archive_sources(pa.concat_tables(sources), mjd, band, partition_order=archive_cfg.partition_order)
         if forced:
@@ -294,7 +295,7 @@ def _write_night(lake: LakePaths, field: str, band: str, night: int, store, resu
     return astrometry_rows, photometry_rows, committed.rows_added.get("forced", 0) if results else 0
 
 
-def archive_frames(astrometry_rows: list[dict], photometry_rows: list[dict], inventory: pd.DataFrame, *, partition_order: int) -> pa.Table:
+def archive_frames(astrometry_rows: list[dict], photometry_rows: list[dict], inventory: pd.DataFrame, *, partition_order: int, release: str | None = None) -> pa.Table:
     """A night's frames as the archive's ``frames`` rows: the inventory with the frame's
     astrometry and photometry, placed on the sky by the centre of its WCS (its pointing if unsolved).
     Transparency is relative to the night's clearest frame."""
@@ -313,7 +314,7 @@ def archive_frames(astrometry_rows: list[dict], photometry_rows: list[dict], inv
             "status": status, "reason": reason, "wcs_header": astrometry["wcs_header"],
             "rms_x_mas": astrometry["rms_x_mas"], "rms_y_mas": astrometry["rms_y_mas"], "n_matched": astrometry["n_matched"],
             "seeing_arcsec": None if fwhm is None else fwhm * scale_arcsec,
-            **{name: photometry[name] for name in _PHOTOMETRY_COLUMNS}, "magfit_rms_mag": None, "magfit_stars": 0, "release": None, "mstlake_version": mstlake.__version__,
+            **{name: photometry[name] for name in _PHOTOMETRY_COLUMNS}, "magfit_rms_mag": None, "magfit_stars": 0, "release": release, "mstlake_version": mstlake.__version__,
         })
     return load_schema("archive_frames").from_rows(rows)
 

@@ -39,7 +39,8 @@ ARCHIVE_VIEWS = ("frames", "sources", "forced", "objects", "object_index", "rele
 
 def open_lake(path: str | Path, *, release: str | None = None) -> duckdb.DuckDBPyConnection:
     """A read-only DuckDB connection on the lake at ``path`` with the views and macros described in
-    this module (the archive at its last committed snapshot, or at ``release``). The variable
+    this module (the archive at its last committed snapshot, or at ``release``: a named snapshot,
+    or a release ``mstlake reprocess`` made). The variable
     ``lake`` holds the lake's path, so the files in ``queries/`` run as they are.
 
     The archive's views read the snapshot's Parquet files directly (the file list comes from the
@@ -49,6 +50,8 @@ def open_lake(path: str | Path, *, release: str | None = None) -> duckdb.DuckDBP
     paths = LakePaths(Path(path).resolve())
     if not paths.root.is_dir():
         raise FileNotFoundError(f"no lake at {paths.root}")
+    if release and paths.release_lake(release).release_manifest.exists():  # a reprocessed release: a lake of its own
+        return open_lake(paths.release_lake(release).root)
     if paths.archive_catalogue.exists():
         con = _archive_views(paths, release)
     elif release:

@@ -49,7 +49,7 @@ def lake_digest(lake: LakePaths) -> dict:
         digest["archive duplicates"] = con.execute("SELECT count(*) FROM (SELECT object_id, frame_id FROM lake.forced GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
     finally:
         con.close()
-    digest["visible files"] = sorted(str(p.relative_to(lake.root)) for p in Path(lake.root).rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(lake.root).parts) and "archive" not in p.parts and "masters" not in p.parts)
+    digest["visible files"] = sorted(str(p.relative_to(lake.root)) for p in Path(lake.root).rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(lake.root).parts) and not {"archive", "masters", "releases"} & set(p.relative_to(lake.root).parts))
     del duckdb
     return digest
 

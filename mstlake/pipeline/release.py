@@ -1,0 +1,130 @@
+"""Data releases made by reprocessing (``mstlake reprocess --release DR1``).
+
+A reprocessed release is a whole lake of its own under ``<lake>/releases/<name>``: every raw
+frame the lake's inventory knows is calibrated and measured again, with the pipeline and
+configuration of today, into tables, cubes, masters and an archive that nothing touches
+afterwards; earlier releases and the nightly lake stay as they are. The release is finished when
+its manifest (``release.json``) is written, last: an interrupted reprocess, run again, resumes
+(every stage skips what it committed) and only then names it. The manifest carries the
+provenance every row traces back to through its ``frame_id``: the pipeline version (``git
+describe`` of the source tree, or the installed version), the hash of the configuration files,
+the input files (their sha256, from the inventory) and the masters each night was calibrated with.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+
+import mstlake
+from mstlake.config import FieldConfig, InstrumentConfig, PipelineConfig
+from mstlake.lake.tables import read_table, write_table_atomic
+from mstlake.paths import LakePaths, config_dir as resolve_config_dir
+from mstlake.pipeline.calibrate import FAILED_CALIBRATION
+from mstlake.schemas import load_schema
+
+RELEASE_TABLES = ("frames", "quarantine", "calibration_log", "astrometry", "photometry")
+
+
+class ReleaseError(RuntimeError):
+    """A release that cannot be made (its name is taken, nothing to reprocess)."""
+
+
+def pipeline_version() -> str:
+    """``git describe --always --dirty`` of the source tree mstlake runs from, else its installed version."""
+    source = Path(mstlake.__file__).resolve().parent.parent
+    try:
+        described = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty", "--tags"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        described = ""
+    return f"{mstlake.__version__} ({described})" if described else mstlake.__version__
+
+
+def config_hash(config_dir: str | Path | None = None) -> tuple[str, list[str]]:
+    """sha256 over the configuration files (names and contents, in name order) and their names."""
+    root = resolve_config_dir(config_dir)
+    files = sorted(p for p in root.rglob("*.toml") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest(), [str(p.relative_to(root)) for p in files]
+
+
+def released(lake: LakePaths) -> list[dict]:
+    """Every finished reprocessed release of the lake (their manifests), oldest first."""
+    manifests = [json.loads(p.read_text()) for p in sorted((lake.root / "releases").glob("*/release.json"))]
+    return sorted(manifests, key=lambda m: m["created"])
+
+
+def reprocess(lake: LakePaths, name: str, *, fields: dict[str, FieldConfig], instrument: InstrumentConfig, pipeline: PipelineConfig, config_dir=None, reference_base: Path, progress: bool = True) -> dict:
+    """Calibrate and measure again every raw frame ``lake``'s inventory knows, into the release
+    ``name``; returns its manifest. Raises ReleaseError if the name is taken."""
+    from mstlake.lake.archive import Archive
+    from mstlake.lake.refcat import load_reference
+    from mstlake.pipeline.calibrate import calibrate_nights
+    from mstlake.pipeline.static import measure_field
+
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ReleaseError(f"{name!r} cannot name a release (no slashes, not hidden)")
+    target = lake.release_lake(name)
+    if target.release_manifest.exists():
+        raise ReleaseError(f"release {name!r} already exists at {target.root}: releases are immutable")
+    if lake.archive_catalogue.exists():
+        from mstlake.lake.archive import releases as named_snapshots
+
+        if name in dict(named_snapshots(lake)):
+            raise ReleaseError(f"{name!r} already names a snapshot of the archive at {lake.archive_dir}: choose another name")
+    frames = read_table(lake.frames_table, load_schema("frames"))
+    if not frames.num_rows:
+        raise ReleaseError(f"the lake at {lake.root} has no inventory: nothing to reprocess")
+    # the inventory, as the lake knows it, with earlier calibration failures given another chance
+    if not target.frames_table.exists():
+        status = [("ok" if s and s.startswith(FAILED_CALIBRATION) else s) for s in frames.column("status").to_pylist()]
+        copy = frames.set_column(frames.schema.get_field_index("status"), "status", pa.array(status, frames.schema.field("status").type))
+        write_table_atomic(read_table(lake.quarantine_table, load_schema("quarantine")), target.quarantine_table, load_schema("quarantine"))
+        write_table_atomic(copy, target.frames_table, load_schema("frames"))
+    calibrate_nights(target, instrument=instrument, cfg=pipeline.calibration, progress=progress)
+    measured = {}
+    for field_name in sorted({f for f in frames.column("field").to_pylist() if f}):
+        field = fields.get(field_name)
+        if field is None or field.reference is None:
+            continue
+        reference = load_reference(field, target, base=reference_base)
+        result = measure_field(target, field_name, reference, instrument=instrument, astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, magfit_cfg=pipeline.magfit, release=name, progress=progress)
+        measured[field_name] = {"solved": result.solved, "calibrated": result.calibrated}
+    archive = Archive(target, pipeline.archive)
+    snapshot = archive.release(name, note="reprocessed") if target.archive_catalogue.exists() and name not in dict(archive.releases()) else dict(archive.releases()).get(name)
+    config_sha256, config_files = config_hash(config_dir)
+    inputs = frames.select(["frame_id", "path", "sha256"]).to_pylist()
+    manifest = {
+        "name": name, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "lake": str(target.root), "parent_lake": str(lake.root),
+        "pipeline_version": pipeline_version(), "config_sha256": config_sha256, "config_files": config_files,
+        "inputs": {"frames": len(inputs), "sha256_of_list": hashlib.sha256("\n".join(f"{r['frame_id']} {r['sha256']}" for r in sorted(inputs, key=lambda r: r["frame_id"])).encode()).hexdigest()},
+        "masters": sorted(str(p.relative_to(target.root)) for p in (target.root / "masters").glob("*/*.zarr")),
+        "archive_snapshot": snapshot, "measured": measured, "rows": release_row_counts(target),
+    }
+    tmp = target.release_manifest.with_name(f".{target.release_manifest.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, target.release_manifest)
+    return manifest
+
+
+def release_row_counts(lake: LakePaths) -> dict[str, int]:
+    """Rows per table of a lake: its Parquet tables and its archive's (at the last snapshot)."""
+    counts = {name: read_table(lake.table(name), load_schema(name)).num_rows for name in RELEASE_TABLES}
+    if lake.archive_catalogue.exists():
+        from mstlake.lake.archive import open_reader
+
+        con = open_reader(lake)
+        try:
+            for name in ("frames", "sources", "forced", "objects"):
+                counts[f"archive.{name}"] = int(con.execute(f"SELECT count(*) FROM lake.{name}").fetchone()[0])
+        finally:
+            con.close()
+    return counts
