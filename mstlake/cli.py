@@ -148,8 +148,13 @@ def ingest(field_name, raw_dir, lake_dir, nights, force, retry_failed, quiet, wo
     run after an interruption) measures only the frames not yet committed, so running it every
     morning adds the new nights.
     """
-    with _on_cluster(scheduler_address, workers):
-        report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force, retry_failed=retry_failed, nights=nights)
+    from mstlake.lake.archive import ArchiveError
+
+    try:
+        with _on_cluster(scheduler_address, workers):
+            report = _ingest(field_name, raw_dir, lake_dir, config_dir, progress=not quiet, force=force, retry_failed=retry_failed, nights=nights)
+    except (ArchiveError, OSError) as err:  # disk full, permissions (LakeWriteError is an OSError)
+        _fail(f"ingest stopped: {err}\nEvery night committed before stays as it was (a night is committed whole); run ingest again once the cause is fixed: it resumes where it stopped.")
     if not report.usable:
         sys.exit(1)
 
@@ -353,6 +358,7 @@ def reprocess(name, lake_dir, quiet, workers, scheduler_address, config_dir):
     pipeline version, the configuration's hash, the inputs' sha256 and the masters; the archive's
     frames rows carry the release's name. Interrupted, run it again: it resumes. Query it with
     `--release NAME` (sql, lightcurve, export-hats)."""
+    from mstlake.lake.archive import ArchiveError
     from mstlake.pipeline.release import ReleaseError, reprocess as reprocess_release
 
     lake = LakePaths(lake_dir)
@@ -364,6 +370,8 @@ def reprocess(name, lake_dir, quiet, workers, scheduler_address, config_dir):
             manifest = reprocess_release(lake, name, fields=cfg.load_fields(config_dir), instrument=cfg.load_instrument(config_dir), pipeline=cfg.load_pipeline(config_dir), config_dir=config_dir, reference_base=Path.cwd(), progress=not quiet)
     except (ReleaseError, cfg.ConfigError) as err:
         _fail(str(err))
+    except (ArchiveError, OSError) as err:  # disk full, permissions
+        _fail(f"reprocess stopped: {err}\nThe release is not finished (no manifest yet); run the same command again once the cause is fixed: it resumes.")
     rows = ", ".join(f"{table} {count}" for table, count in manifest["rows"].items())
     console.print(f"release [bold]{name}[/] made in {time.perf_counter() - started:.0f} s at [cyan]{manifest['lake']}[/]: {rows}")
 

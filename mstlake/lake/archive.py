@@ -372,7 +372,10 @@ class Archive:
                 if self.paths.archive_writer_active.exists():
                     con.execute(f"CALL ducklake_delete_orphaned_files('{CATALOG}', cleanup_all => true)")
                 self.paths.archive_writer_active.touch()
-                yield con
+                try:
+                    yield con
+                except (duckdb.IOException, duckdb.PermissionException, OSError) as err:  # disk full, permissions: the transaction rolled back
+                    raise ArchiveError(f"could not write to the archive at {self.paths.archive_dir}: {err} (nothing of this commit is in it; the last committed snapshot is intact)") from err
                 self.paths.archive_writer_active.unlink()  # only after a clean finish
             finally:
                 con.close()

@@ -185,7 +185,7 @@ def test_an_ingest_killed_at_random_points_ends_where_an_unbroken_one_does(tmp_p
 
     from mstlake.cli import main
 
-    sim = CliRunner().invoke(main, ["simulate", "--nights", "2", "--frames-per-night", "2", "--telescopes", "MST2", "--scale", "0.04", "--seed", "8", "--out", str(tmp_path / "raw" / "f02")])
+    sim = CliRunner().invoke(main, ["simulate", "--nights", "2", "--frames-per-night", "2", "--telescopes", "MST2", "--scale", "0.06", "--seed", "8", "--out", str(tmp_path / "raw" / "f02")])
     assert sim.exit_code == 0, sim.output
     raw = tmp_path / "raw" / "f02"
     started = time.perf_counter()
@@ -206,7 +206,9 @@ def test_an_ingest_killed_at_random_points_ends_where_an_unbroken_one_does(tmp_p
     assert kills >= 2
     last = _ingest(raw, tmp_path / "killed", tmp_path)
     assert last.wait(timeout=600) == 0, (tmp_path / "killed.log").read_text()
-    assert lake_digest(LakePaths(tmp_path / "killed")) == lake_digest(LakePaths(tmp_path / "unbroken"))
+    expected = lake_digest(LakePaths(tmp_path / "unbroken"))
+    assert expected["archive forced"][0] > 1000 and expected["archive duplicates"] == 0
+    assert lake_digest(LakePaths(tmp_path / "killed")) == expected
 
 
 def test_a_worker_killed_mid_night_changes_nothing(solved_lake, instrument, pipeline_config, tmp_path):
@@ -235,3 +237,48 @@ def test_a_worker_killed_mid_night_changes_nothing(solved_lake, instrument, pipe
         run.join(timeout=600)
     assert killed is not None and "result" in outcome
     assert lake_digest(copy) == lake_digest(lake)
+
+
+def test_a_full_disk_during_a_nights_commit_is_a_clear_error_and_the_last_snapshot_stays(tmp_path, monkeypatch):
+    """The archive's disk fills while the second night's light-curve points are written: ingest
+    stops with a message that says so (exit 2), the first night stays committed, nothing of the
+    second is visible, and the run after the disk is freed resumes."""
+    import duckdb
+    from click.testing import CliRunner
+
+    from mstlake.cli import main
+    from mstlake.lake.archive import Archive, open_reader
+    from mstlake.paths import config_dir
+
+    monkeypatch.chdir(tmp_path)
+    sim = CliRunner().invoke(main, ["simulate", "--nights", "2", "--frames-per-night", "1", "--telescopes", "MST2", "--scale", "0.06", "--seed", "6", "--out", str(tmp_path / "raw" / "f02")])
+    assert sim.exit_code == 0, sim.output
+    config = tmp_path / "config"
+    shutil.copytree(config_dir(), config)
+    toml = config / "pipeline.toml"
+    toml.write_text(toml.read_text().replace('scheduler = "processes"', 'scheduler = "synchronous"').replace('scheduler = "threads"', 'scheduler = "synchronous"'))  # in this process: the monkeypatch holds
+    insert = Archive._insert_sorted
+    forced_writes = []
+
+    def filling_disk(self, con, name, source):
+        if name == "forced":
+            forced_writes.append(name)
+            if len(forced_writes) == 2:
+                raise duckdb.IOException('Could not write file "ducklake-0193.parquet": No space left on device')
+        return insert(self, con, name, source)
+
+    monkeypatch.setattr(Archive, "_insert_sorted", filling_disk)
+    stopped = CliRunner().invoke(main, ["ingest", "--field", "f02", "--quiet", "--config-dir", str(config)])
+    assert stopped.exit_code == 2, stopped.output
+    assert "No space left on device" in stopped.output and "run ingest again" in stopped.output
+    lake = LakePaths(tmp_path / "lake")
+    con = open_reader(lake)
+    nights = con.execute("SELECT DISTINCT night FROM lake.frames").fetchall()
+    points = con.execute("SELECT count(*) FROM lake.forced").fetchone()[0]
+    con.close()
+    assert nights == [(20230118,)] and points > 0
+    monkeypatch.setattr(Archive, "_insert_sorted", insert)
+    resumed = CliRunner().invoke(main, ["ingest", "--field", "f02", "--quiet", "--config-dir", str(config)])
+    assert resumed.exit_code == 0, resumed.output
+    digest = lake_digest(lake)
+    assert digest["archive frames"][0] == 2 and digest["archive duplicates"] == 0 and digest["photometry"][0] == 2
