@@ -88,5 +88,5 @@ def open_stack(store: Path) -> tuple[xr.Dataset, WCS]:
     """A stack's planes and its WCS."""
     from astropy.io import fits
 
-    ds = xr.open_zarr(store, consolidated=False)
+    ds = xr.open_zarr(store, consolidated=False, chunks=None)  # no Dask: see mstlake.lake.cubes.open_store
     return ds, WCS(fits.Header.fromstring(ds.attrs["wcs"]))
