@@ -361,13 +361,10 @@ def reprocess(name, lake_dir, quiet, workers, scheduler_address, config_dir):
     from mstlake.lake.archive import ArchiveError
     from mstlake.pipeline.release import ReleaseError, reprocess as reprocess_release
 
-    lake = LakePaths(lake_dir)
-    if not lake.frames_table.exists():
-        _fail(f"no lake with an inventory at {lake_dir}")
     started = time.perf_counter()
     try:
         with _on_cluster(scheduler_address, workers):
-            manifest = reprocess_release(lake, name, fields=cfg.load_fields(config_dir), instrument=cfg.load_instrument(config_dir), pipeline=cfg.load_pipeline(config_dir), config_dir=config_dir, reference_base=Path.cwd(), progress=not quiet)
+            manifest = reprocess_release(LakePaths(lake_dir), name, fields=cfg.load_fields(config_dir), instrument=cfg.load_instrument(config_dir), pipeline=cfg.load_pipeline(config_dir), config_dir=config_dir, reference_base=Path.cwd(), progress=not quiet)
     except (ReleaseError, cfg.ConfigError) as err:
         _fail(str(err))
     except (ArchiveError, OSError) as err:  # disk full, permissions

@@ -177,9 +177,21 @@ class LakePaths:
     def masters(self, telescope: str, night: int) -> Path:
         return self.root / "masters" / telescope / f"{night}.zarr"
 
+    def masters_stores(self) -> list[Path]:
+        """Every night's masters in the lake."""
+        return sorted((self.root / "masters").glob("*/*.zarr"))
+
+    @property
+    def releases_dir(self) -> Path:
+        return self.root / "releases"
+
     def release_lake(self, name: str) -> LakePaths:
         """A reprocessed data release (``mstlake reprocess``): a whole lake of its own, inside this one."""
-        return LakePaths(self.root / "releases" / name)
+        return LakePaths(self.releases_dir / name)
+
+    def release_lakes(self) -> list[LakePaths]:
+        """The lakes of the reprocessed releases, finished or not (a finished one has its manifest)."""
+        return [LakePaths(p) for p in sorted(self.releases_dir.glob("*")) if p.is_dir() and not p.name.startswith(".")]
 
     @property
     def release_manifest(self) -> Path:

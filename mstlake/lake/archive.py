@@ -136,11 +136,23 @@ def new_objects(paths: LakePaths) -> pa.Table:
 def committed_frames(paths: LakePaths, frame_ids) -> set[int]:
     """Those of ``frame_ids`` whose night the archive holds (rows in its ``frames`` table); none
     before the first commit."""
+    if not paths.archive_catalogue.exists():
+        return set()
+    con = open_reader(paths)
+    try:
+        return _frames_in(con, "frames", frame_ids)
+    finally:
+        con.close()
+
+
+def _frames_in(con: duckdb.DuckDBPyConnection, name: str, frame_ids) -> set[int]:
+    """Those of ``frame_ids`` the archive's table ``name`` holds rows of. The ids go in as
+    literals, so DuckLake prunes by its per-file frame_id statistics; a join against the table
+    would read every frame_id it holds (5 s per night at 1e8 points)."""
     wanted = sorted({int(f) for f in frame_ids})
     if not wanted:
         return set()
-    found = _latest(paths, f"SELECT DISTINCT frame_id FROM lake.frames WHERE frame_id IN ({', '.join(map(str, wanted))})")
-    return set() if found is None else {int(f) for f in found.column("frame_id").to_pylist()}
+    return {row[0] for row in con.execute(f"SELECT DISTINCT frame_id FROM {CATALOG}.{name} WHERE frame_id IN ({', '.join(map(str, wanted))})").fetchall()}
 
 
 def master_magnitudes(paths: LakePaths, object_ids, band: str) -> pd.Series | None:
@@ -205,7 +217,7 @@ class Archive:
                         con.execute(f"DELETE FROM {CATALOG}.{name} WHERE frame_id IN ({listed})")
                 added, skipped = {}, 0
                 for name, table in incoming.items():
-                    held = self._frames_held(con, name, table)
+                    held = _frames_in(con, name, table.column("frame_id").to_pylist())
                     skipped = max(skipped, len(held))
                     con.register(f"incoming_{name}", table)
                     con.register("held", pa.table({"frame_id": pa.array(sorted(held), pa.int64())}))
@@ -399,17 +411,6 @@ class Archive:
         for column in schema.columns:
             if column.name not in held:
                 con.execute(f'ALTER TABLE {CATALOG}.{name} ADD COLUMN "{column.name}" {column.sql_type}')
-
-    @staticmethod
-    def _frames_held(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> set[int]:
-        """The incoming frames table ``name`` already holds. The ids go in as literals, so DuckLake
-        prunes by its per-file frame_id statistics; a join against the table would read every
-        frame_id it holds (5 s per night at 1e8 points)."""
-        frame_ids = sorted({int(f) for f in table.column("frame_id").to_pylist()})
-        if not frame_ids:
-            return set()
-        listed = ", ".join(str(f) for f in frame_ids)
-        return {row[0] for row in con.execute(f"SELECT DISTINCT frame_id FROM {CATALOG}.{name} WHERE frame_id IN ({listed})").fetchall()}
 
     def _insert_sorted(self, con: duckdb.DuckDBPyConnection, name: str, source: str) -> int:
         """Insert ``source``'s rows into table ``name`` sorted as its schema says (the order

@@ -89,8 +89,20 @@ def write_frame(staging: Path, index: int, *, image: np.ndarray, variance: np.nd
 
 
 def commit(staging: Path, final: Path) -> None:
+    """Swap a cube built in ``staging`` into place. A cube built again (a night calibrated again)
+    keeps the astrometric solutions of the frames it still holds: calibration does not move
+    pixels, and a night whose frames are committed is not solved again."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    solved = frame_wcs_headers(final) if final.exists() else {}  # none in masters
+    kept = {f: solved[f] for f in frame_ids(staging) if f in solved} if solved else {}
+    if kept:
+        set_frame_wcs(staging, kept)
     _swap_into_place(staging, final)
+
+
+def frame_ids(path: Path) -> set[int]:
+    """The frames a cube holds."""
+    return {int(f) for f in open_store(path).frame_id.values}
 
 
 def open_store(path: Path) -> xr.Dataset:
@@ -115,6 +127,11 @@ def set_frame_wcs(path: Path, headers: dict[int, str]) -> None:
     known = json.loads(group.attrs.get("wcs", "{}"))
     known.update({str(frame_id): header for frame_id, header in headers.items()})
     group.attrs["wcs"] = json.dumps(known)
+
+
+def frame_wcs_headers(path: Path) -> dict[int, str]:
+    """The astrometric solutions a cube holds (FITS header strings by frame_id)."""
+    return {int(f): header for f, header in json.loads(open_store(path).attrs.get("wcs", "{}")).items()}
 
 
 def frame_wcs(ds: xr.Dataset, frame_id: int):

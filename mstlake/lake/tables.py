@@ -22,6 +22,12 @@ class LakeWriteError(OSError):
     """A table could not be written; the previous version is intact."""
 
 
+def without_frames(table: pa.Table, frame_ids, *, key: str = "frame_id") -> pa.Table:
+    """``table`` without the rows whose ``key`` is one of ``frame_ids`` (rows about to be replaced)."""
+    ids = pa.array(sorted({int(f) for f in frame_ids}), table.schema.field(key).type)
+    return table.filter(pc.invert(pc.is_in(table.column(key), ids)))
+
+
 def read_table(path: Path, schema: TableSchema) -> pa.Table:
     """The table at ``path`` in schema order, or an empty table when it does not exist yet."""
     if not path.exists():

@@ -25,7 +25,7 @@ from mstlake.calib.combine import clipped_mean, screen_frames
 from mstlake.config import CalibrationConfig, InstrumentConfig
 from mstlake.lake import cubes
 from mstlake.lake.rawfiles import read_frame, read_rows
-from mstlake.lake.tables import read_table, update_column, write_table_atomic
+from mstlake.lake.tables import read_table, update_column, without_frames, write_table_atomic
 from mstlake.paths import LakePaths
 from mstlake.pipeline.execute import compute
 from mstlake.schemas import load_schema
@@ -152,7 +152,7 @@ def _already_done(lake: LakePaths, telescope: str, band: str, science) -> bool:
         return False
     for fld, rows in science.groupby(science.field.fillna("nofield")):
         cube = lake.cube(fld, band, int(rows.night.iloc[0]))
-        if not cube.exists() or sorted(cubes.open_store(cube).frame_id.values.tolist()) != sorted(rows.frame_id.tolist()):
+        if not cube.exists() or cubes.frame_ids(cube) != set(rows.frame_id.tolist()):
             return False
     return True
 
@@ -323,10 +323,8 @@ def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telesc
 def _write_log(lake: LakePaths, results: list[NightResult], rows: list[dict]) -> None:
     """Replace what the log said about these frames (a re-run supersedes the earlier verdict)."""
     schema = load_schema("calibration_log")
-    existing = read_table(lake.calibration_log_table, schema)
     redone = {row["frame_id"] for row in rows} | {fid for r in results for fid in r.science_ids}
-    if existing.num_rows:
-        existing = existing.filter(pa.array([fid not in redone for fid in existing.column("frame_id").to_pylist()]))
+    existing = without_frames(read_table(lake.calibration_log_table, schema), redone)
     write_table_atomic(pa.concat_tables([existing, schema.from_rows(rows)]), lake.calibration_log_table, schema)
 
 

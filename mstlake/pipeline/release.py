@@ -58,7 +58,7 @@ def config_hash(config_dir: str | Path | None = None) -> tuple[str, list[str]]:
 
 def released(lake: LakePaths) -> list[dict]:
     """Every finished reprocessed release of the lake (their manifests), oldest first."""
-    manifests = [json.loads(p.read_text()) for p in sorted((lake.root / "releases").glob("*/release.json"))]
+    manifests = [json.loads(release.release_manifest.read_text()) for release in lake.release_lakes() if release.release_manifest.exists()]
     return sorted(manifests, key=lambda m: m["created"])
 
 
@@ -98,15 +98,18 @@ def reprocess(lake: LakePaths, name: str, *, fields: dict[str, FieldConfig], ins
         reference = load_reference(field, target, base=reference_base)
         result = measure_field(target, field_name, reference, instrument=instrument, astrometry_cfg=pipeline.astrometry, photometry_cfg=pipeline.photometry, archive_cfg=pipeline.archive, magfit_cfg=pipeline.magfit, release=name, progress=progress)
         measured[field_name] = {"solved": result.solved, "calibrated": result.calibrated}
-    archive = Archive(target, pipeline.archive)
-    snapshot = archive.release(name, note="reprocessed") if target.archive_catalogue.exists() and name not in dict(archive.releases()) else dict(archive.releases()).get(name)
+    snapshot = None
+    if target.archive_catalogue.exists():  # named inside the release too (a reprocess resumed after this keeps the name)
+        archive = Archive(target, pipeline.archive)
+        named = dict(archive.releases())
+        snapshot = named[name] if name in named else archive.release(name, note="reprocessed")
     config_sha256, config_files = config_hash(config_dir)
     inputs = frames.select(["frame_id", "path", "sha256"]).to_pylist()
     manifest = {
         "name": name, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "lake": str(target.root), "parent_lake": str(lake.root),
         "pipeline_version": pipeline_version(), "config_sha256": config_sha256, "config_files": config_files,
         "inputs": {"frames": len(inputs), "sha256_of_list": hashlib.sha256("\n".join(f"{r['frame_id']} {r['sha256']}" for r in sorted(inputs, key=lambda r: r["frame_id"])).encode()).hexdigest()},
-        "masters": sorted(str(p.relative_to(target.root)) for p in (target.root / "masters").glob("*/*.zarr")),
+        "masters": [str(p.relative_to(target.root)) for p in target.masters_stores()],
         "archive_snapshot": snapshot, "measured": measured, "rows": release_row_counts(target),
     }
     tmp = target.release_manifest.with_name(f".{target.release_manifest.name}.tmp")

@@ -256,7 +256,8 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     extraction = extract.extract_sources(image, variance, mask, thresh=astrometry_cfg.detect_sigma, minarea=astrometry_cfg.min_area_px)
     ny, nx = image.shape
     ref_x, ref_y = wcs.world_to_pixel_values(reference.ra.values, reference.dec.values)
-    near = reference[(ref_x > -20) & (ref_x < nx + 20) & (ref_y > -20) & (ref_y < ny + 20)].reset_index(drop=True)
+    on_grid = (ref_x > -20) & (ref_x < nx + 20) & (ref_y > -20) & (ref_y < ny + 20)
+    near = reference[on_grid].reset_index(drop=True)
     band = provenance["band"]
     gain = stack_gain(instrument.detector.gain_e_per_adu, count)
     residual = image - extraction.background
@@ -270,7 +271,7 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     # "blank" sky is away from every star the fit models: the detections and the catalogue's stars
     # (forced at their places, their light is fitted, not noise); what is left in the apertures is
     # the sky and the stars no one models, which are noise to every forced measurement
-    modelled_xy = np.vstack([extraction.sources[["x", "y"]].to_numpy(), np.column_stack([ref_x, ref_y])[(ref_x > -20) & (ref_x < nx + 20) & (ref_y > -20) & (ref_y < ny + 20)]])
+    modelled_xy = np.vstack([extraction.sources[["x", "y"]].to_numpy(), np.column_stack([ref_x[on_grid], ref_y[on_grid]])])
     blank = {"radius_px": max(fwhm, 1.5), "sources_xy": modelled_xy, "avoid_px": 2.5 * max(fwhm, 1.5)}
     correlation = noise_correlation(residual, extraction.background_noise**2, bad, **blank)
     extraction, variance = _noise_scaled(extraction, variance, psf_fit=correlation, apertures=noise_correlation(residual, variance, bad, **blank))

@@ -17,7 +17,6 @@ the reason and the rest go on. Outputs:
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ import dask
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from astropy.io import fits
 from astropy.wcs import WCS
 
@@ -43,7 +41,7 @@ from mstlake.config import (
 )
 from mstlake.lake import cubes, healpix
 from mstlake.lake.archive import Archive, master_magnitudes, new_objects
-from mstlake.lake.tables import read_table, update_column, write_table_atomic
+from mstlake.lake.tables import read_table, update_column, without_frames, write_table_atomic
 from mstlake.paths import LakePaths
 from mstlake.phot import aperture as ap
 from mstlake.phot.frame import FramePhotometry, photometer_frame
@@ -163,9 +161,6 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     # one copy of the catalogue in each graph, shipped once to each worker rather than with every frame
     shared_table = dask.delayed(table, name=f"static-reference-{field}")
     planned = plan_nights(lake, field, nights=nights, force=force, retry_failed=retry_failed)
-    for *_, night, store in lake.field_cubes(field):
-        if (not nights or night in nights) and all(store != p[2] for p in planned):
-            restore_frame_wcs(lake, store)
     astrometry_rows, photometry_rows, per_night = [], [], []
     for number, night_plan in enumerate(planned, start=1):
         band, night, store, chosen, retried = night_plan
@@ -210,7 +205,7 @@ def plan_nights(lake: LakePaths, field: str, *, nights: Sequence[int] | None = N
     from mstlake.lake.archive import committed_frames
 
     cubes_by_night = sorted((night, band, store) for _, band, night, store in lake.field_cubes(field) if not nights or night in nights)
-    in_cubes = {(night, band): {int(f) for f in cubes.open_store(store).frame_id.values} for night, band, store in cubes_by_night}
+    in_cubes = {(night, band): cubes.frame_ids(store) for night, band, store in cubes_by_night}
     measured = read_table(lake.photometry_table, load_schema("photometry")).select(["frame_id", "status"]).to_pandas()
     solved = read_table(lake.astrometry_table, load_schema("astrometry")).select(["frame_id", "status"]).to_pandas()
     failed = set(measured.frame_id[measured.status == "failed"]) | set(solved.frame_id[solved.status != "solved"])
@@ -225,23 +220,9 @@ def plan_nights(lake: LakePaths, field: str, *, nights: Sequence[int] | None = N
     return plan
 
 
-def restore_frame_wcs(lake: LakePaths, store) -> set[int]:
-    """Put the astrometry table's solutions of a cube's frames into its attributes where they are
-    missing (a night calibrated again is a new cube); returns the cube's frame ids."""
-    held = {int(f) for f in cubes.open_store(store).frame_id.values}
-    solutions = read_table(lake.astrometry_table, load_schema("astrometry")).select(["frame_id", "wcs_header"]).to_pandas()
-    solutions = solutions[solutions.frame_id.isin(held) & solutions.wcs_header.notna()]
-    known = json.loads(cubes.open_store(store).attrs.get("wcs", "{}"))
-    missing = {int(f): header for f, header in zip(solutions.frame_id, solutions.wcs_header) if str(int(f)) not in known}
-    if missing:
-        cubes.set_frame_wcs(store, missing)
-    return held
-
-
 def _record_night(lake: LakePaths, store, astrometry_rows: list[dict], photometry_rows: list[dict], frames: pd.DataFrame) -> None:
     """A measured night's rows into the astrometry table, the frames table's WCS and, last (it is
-    what says a frame is done), the photometry table; the cube's attributes keep every solved
-    frame's WCS (a night calibrated again lost them)."""
+    what says a frame is done), the photometry table."""
     now = dt.datetime.now(dt.UTC)
     for row in astrometry_rows:
         row["solved_at"] = now
@@ -249,12 +230,12 @@ def _record_night(lake: LakePaths, store, astrometry_rows: list[dict], photometr
         row["measured_at"] = now
     _replace_rows(lake.astrometry_table, load_schema("astrometry"), astrometry_rows)
     update_column(lake.frames_table, load_schema("frames"), "wcs_header", {r["frame_id"]: r["wcs_header"] for r in astrometry_rows})  # null where unsolved
-    held = restore_frame_wcs(lake, store)
+    held = cubes.frame_ids(store)
     # transparency against the clearest frame of the whole night, those measured before included
     schema = load_schema("photometry")
     redone = {r["frame_id"] for r in photometry_rows}
     existing = read_table(lake.photometry_table, schema)
-    existing = existing.filter(pc.invert(pc.is_in(existing.column("frame_id"), pa.array(sorted(redone), pa.int64()))))
+    existing = without_frames(existing, redone)
     earlier = existing.select(["frame_id", "band", "zero_point_mag"]).to_pylist()
     in_night = [row for row in earlier if row["frame_id"] in held]
     _transparency(in_night + photometry_rows, frames)
@@ -277,7 +258,7 @@ def _write_night(lake: LakePaths, field: str, band: str, night: int, store, resu
     for tables, path, name in ((sources, lake.sources_file(field, band, night), "sources"), (forced, lake.forced_file(field, band, night), "forced_photometry")):
         schema = load_schema(name)
         kept = read_table(path, schema)
-        kept = kept.filter(pc.invert(pc.is_in(kept.column("frame_id"), pa.array(measured_now, pa.int64()))))
+        kept = without_frames(kept, measured_now)
         write_table_atomic(pa.concat_tables([kept, *tables]).sort_by("frame_id") if kept.num_rows or tables else schema.empty(), path, schema)
     astrometry_rows, photometry_rows = [r[0] for r in results], [r[1] for r in results]
     if results:
@@ -398,9 +379,5 @@ def _transparency(rows: list[dict], frames: pd.DataFrame) -> None:
 
 
 def _replace_rows(path, schema, rows: list[dict]) -> None:
-    new = schema.from_rows(rows)
-    existing = read_table(path, schema)
-    redone = {row["frame_id"] for row in rows}
-    if existing.num_rows:
-        existing = existing.filter(pa.array([fid not in redone for fid in existing.column("frame_id").to_pylist()]))
-    write_table_atomic(pa.concat_tables([existing, new]), path, schema)
+    existing = without_frames(read_table(path, schema), [row["frame_id"] for row in rows])
+    write_table_atomic(pa.concat_tables([existing, schema.from_rows(rows)]), path, schema)

@@ -101,12 +101,18 @@ def test_rerun_skips_done_nights_and_force_gives_identical_cubes(calibrated, ins
     shutil.copytree(shared.root, lake.root)
     results = [dataclasses.replace(r, cubes=[lake.root / c.relative_to(shared.root) for c in r.cubes]) for r in results]
     before = {r.cubes[0]: cubes.open_store(r.cubes[0]).image.values.copy() for r in results}
+    solved = {path: {min(cubes.frame_ids(path)): f"a solution of {path.name}"} for path in before}
+    for path, headers in solved.items():
+        cubes.set_frame_wcs(path, headers)
     assert calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False) == []
     again = calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, force=True, progress=False)
     assert {(r.telescope, r.night) for r in again} == {(r.telescope, r.night) for r in results}
     for path, image in before.items():
         assert np.array_equal(cubes.open_store(path).image.values, image)
         assert not lake.staging(path).exists()
+        # a cube built again keeps its frames' astrometric solutions (calibration moves no pixel)
+        (frame_id, header), = solved[path].items()
+        assert cubes.frame_wcs_headers(path)[frame_id] == header
 
 
 def test_a_failing_frame_is_recorded_and_the_night_goes_on(small_simulation, tmp_path, instrument, fields, pipeline_config):

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from mstlake.paths import LakePaths
-from tests.pipeline.test_resume import lake_digest
+from tests.digest import lake_digest
 
 
 def test_reprocessing_makes_an_immutable_release_with_provenance_and_leaves_the_lake(solved_lake, instrument, pipeline_config, tmp_path):

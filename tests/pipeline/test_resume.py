@@ -14,44 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from mstlake.lake.tables import read_table
 from mstlake.paths import LakePaths
 from mstlake.schemas import load_schema
-
-
-def lake_digest(lake: LakePaths) -> dict:
-    """Row counts and content sums of every table an ingest writes, the archive's included (at its
-    last snapshot), and the calibrated pixels: equal digests, equal lakes (timestamps aside)."""
-    import duckdb
-
-    from mstlake.lake import cubes
-    from mstlake.lake.archive import open_reader
-
-    digest = {}
-    for name in ("frames", "astrometry", "photometry", "calibration_log"):
-        table = read_table(getattr(lake, f"{name}_table"), load_schema(name)).to_pandas()
-        numbers = table.select_dtypes("number")
-        digest[name] = (len(table), tuple(np.round(numbers.fillna(0).sum().to_numpy(), 4)), tuple(sorted(table.status.fillna(""))) if "status" in table else ())
-    for name, folder in (("sources", lake.sources_dir), ("forced_photometry", lake.forced_dir)):
-        files = sorted(Path(folder).rglob("*.parquet"))
-        table = pd.concat([pd.read_parquet(p) for p in files]) if files else pd.DataFrame()
-        digest[name] = (len(files), len(table), round(float(np.nansum(table.select_dtypes("number").to_numpy(float))), 2) if len(table) else 0.0)
-    for _, band, night, store in lake.field_cubes():
-        cube = cubes.open_store(store)
-        digest[f"cube {band} {night}"] = (tuple(cube.frame_id.values.tolist()), round(float(np.nansum(cube.image.values)), 1), len(cube.attrs.get("wcs", "{}")))
-    con = open_reader(lake)
-    try:
-        for name, total in (("frames", "count(*)"), ("sources", "sum(flux_psf)"), ("forced", "sum(flux)"), ("objects", "count(*)")):
-            digest[f"archive {name}"] = tuple(round(float(v or 0), 2) for v in con.execute(f"SELECT count(*), {total} FROM lake.{name}").fetchone())
-        digest["archive duplicates"] = con.execute("SELECT count(*) FROM (SELECT object_id, frame_id FROM lake.forced GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
-    finally:
-        con.close()
-    digest["visible files"] = sorted(str(p.relative_to(lake.root)) for p in Path(lake.root).rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(lake.root).parts) and not {"archive", "masters", "releases"} & set(p.relative_to(lake.root).parts))
-    del duckdb
-    return digest
+from tests.digest import lake_digest
 
 
 def _measure(lake, paths, field, instrument, pipeline_config, **options):

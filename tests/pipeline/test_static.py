@@ -17,6 +17,7 @@ from mstlake.lake.tables import read_table
 from mstlake.paths import LakePaths
 from mstlake.schemas import load_schema
 from tests.conftest import read_truth_frames
+from tests.digest import lake_digest
 
 
 def test_every_frame_is_solved_and_its_wcs_puts_stars_where_they_are(solved_lake):
@@ -395,20 +396,6 @@ def test_runs_of_n_consecutive_frames_are_disjoint_and_named_apart(solved_lake):
         select_frames(lake, field.name, "g", FrameSelection(skip=len(every)))
 
 
-def _table_digest(lake) -> dict:
-    """Row counts and content sums of the tables a night's ingest writes."""
-    import pandas as pd
-
-    digest = {}
-    for name in ("astrometry", "photometry"):
-        table = read_table(getattr(lake, f"{name}_table"), load_schema(name)).to_pandas().sort_values("frame_id")
-        numbers = table.select_dtypes("number")
-        digest[name] = (len(table), tuple(np.round(numbers.fillna(0).sum().to_numpy(), 6)))
-    forced = pd.concat([pd.read_parquet(p) for p in sorted(Path(lake.forced_dir).rglob("*.parquet"))])
-    digest["forced"] = (len(forced), round(float(np.nansum(forced.flux)), 3), round(float(np.nansum(forced.flux_err)), 3))
-    return digest
-
-
 def test_the_pipeline_on_a_local_dask_cluster_gives_what_the_local_schedulers_give(small_simulation, solved_lake, fields, instrument, pipeline_config, tmp_path):
     from mstlake.lake.refcat import load_reference
     from mstlake.pipeline.calibrate import calibrate_nights
@@ -426,7 +413,9 @@ def test_the_pipeline_on_a_local_dask_cluster_gives_what_the_local_schedulers_gi
         reference = load_reference(field, lake, base=paths.raw)
         measure_field(lake, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, magfit_cfg=pipeline_config.magfit, progress=False)
     assert current_client() is None
-    assert _table_digest(lake) == _table_digest(local_lake)
+    digest, local = lake_digest(lake), lake_digest(local_lake)
+    for name in ("astrometry", "photometry", "sources", "forced_photometry", "archive frames", "archive forced"):
+        assert digest[name] == local[name], name
 
 
 def test_a_stack_made_through_a_running_scheduler_and_two_workers_is_the_local_one(solved_lake, instrument, pipeline_config, tmp_path):
