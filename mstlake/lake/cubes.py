@@ -89,15 +89,20 @@ def write_frame(staging: Path, index: int, *, image: np.ndarray, variance: np.nd
 
 
 def commit(staging: Path, final: Path) -> None:
-    """Swap a cube built in ``staging`` into place. A cube built again (a night calibrated again)
-    keeps the astrometric solutions of the frames it still holds: calibration does not move
-    pixels, and a night whose frames are committed is not solved again."""
+    """Swap a store (cube, masters, stack) built in ``staging`` into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    solved = frame_wcs_headers(final) if final.exists() else {}  # none in masters
-    kept = {f: solved[f] for f in frame_ids(staging) if f in solved} if solved else {}
+    _swap_into_place(staging, final)
+
+
+def commit_cube(staging: Path, final: Path) -> None:
+    """Swap a calibrated cube built in ``staging`` into place. A cube built again (a night
+    calibrated again) keeps the astrometric solutions of the frames it still holds: calibration
+    does not move pixels, and a night whose frames are committed is not solved again."""
+    solved = frame_wcs_headers(final) if final.exists() else {}
+    kept = {f: solved[f] for f in frame_ids(staging) if f in solved}
     if kept:
         set_frame_wcs(staging, kept)
-    _swap_into_place(staging, final)
+    commit(staging, final)
 
 
 def frame_ids(path: Path) -> set[int]:

@@ -290,7 +290,7 @@ def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telesc
             for index, reason, _info in outcomes:
                 if reason is not None:
                     result.failed.append((ids[index], reason))
-            cubes.commit(staging, final)
+            cubes.commit_cube(staging, final)
             result.cubes.append(final)
             result.science += len(ids)
             result.science_ids += ids
