@@ -284,13 +284,12 @@ def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telesc
     computed = compute([dask.delayed(to_compute)], tracked=tracked, description="calibrating science frames", scheduler=cfg.scheduler, workers=cfg.workers, progress=progress)[0]
 
     now = dt.datetime.now(dt.UTC)
-    log_rows: dict[int, dict] = {}
+    night_of, mjd_of = dict(zip(frames.frame_id, frames.night)), dict(zip(frames.frame_id, frames.mjd))
     for (result, staged, _), (task_results, extras) in zip(graph, computed):
-        for (final, staging, ids, _), outcomes in zip(staged, task_results):
+        for (final, _, ids, _), outcomes in zip(staged, task_results):
             for index, reason, _info in outcomes:
                 if reason is not None:
                     result.failed.append((ids[index], reason))
-            cubes.commit_cube(staging, final)
             result.cubes.append(final)
             result.science += len(ids)
             result.science_ids += ids
@@ -307,16 +306,18 @@ def calibrate_nights(lake: LakePaths, *, nights: list[int] | None = None, telesc
             result.rejected.append((int(fid), "bias", why))
         arrays = {"master_bias": extras["master"], "bias_std": extras["bias_std"], "pepper_salt": extras["ps"], "bad": extras["bad"], "small_flat": extras["small"]}
         cubes.write_masters(result.masters, arrays, prov)
+        log_rows: dict[int, dict] = {}
         for fid, kind, why in result.rejected:
             log_rows[fid] = {"telescope": result.telescope, "frame_id": fid, "kind": kind, "decision": "rejected", "reason": why, "recorded_at": now}
         failed_ids = dict(result.failed)
         for fid in result.science_ids:
             log_rows[fid] = {"telescope": result.telescope, "frame_id": fid, "kind": "science", "decision": "failed" if fid in failed_ids else "used", "reason": failed_ids.get(fid), "recorded_at": now}
-    # each frame is logged once, under its own night
-    night_of, mjd_of = dict(zip(frames.frame_id, frames.night)), dict(zip(frames.frame_id, frames.mjd))
-    rows = [{**row, "night": int(night_of[fid]), "mjd": float(mjd_of[fid])} for fid, row in log_rows.items()]
-    _write_log(lake, results, rows)
-    _mark_failed(lake, results)
+        # the log and the failures first, the cubes last: a night whose cubes are in place is done
+        # (a re-run skips it), so a run stopped in between must find it not done
+        _write_log(lake, [result], [{**row, "night": int(night_of[fid]), "mjd": float(mjd_of[fid])} for fid, row in log_rows.items()])
+        _mark_failed(lake, [result])
+        for final, staging, _, _ in staged:
+            cubes.commit_cube(staging, final)
     return results
 
 
