@@ -371,6 +371,8 @@ def reprocess(name, lake_dir, quiet, workers, scheduler_address, config_dir):
         _fail(f"reprocess stopped: {err}\nThe release is not finished (no manifest yet); run the same command again once the cause is fixed: it resumes.")
     rows = ", ".join(f"{table} {count}" for table, count in manifest["rows"].items())
     console.print(f"release [bold]{name}[/] made in {time.perf_counter() - started:.0f} s at [cyan]{manifest['lake']}[/]: {rows}")
+    for left_out in manifest["inputs"]["left_out"]:
+        err_console.print(f"[yellow]left out[/] frame {left_out['frame_id']}: {escape(left_out['reason'])}", soft_wrap=True, highlight=False)
 
 
 @main.command()

@@ -97,3 +97,31 @@ def solved_lake(calibrated_lake, fields, instrument, pipeline_config):
     reference = load_reference(field, lake, base=paths.raw)
     result = measure_field(lake, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, magfit_cfg=pipeline_config.magfit, progress=False)
     return paths, lake, field, result
+
+
+@pytest.fixture
+def running_scheduler(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes (one thread each) on loopback: its
+    address."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    scheduler_file = tmp_path / "scheduler.json"
+    common = ["--dashboard-address", ":0"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(scheduler_file), *common], **quiet)]
+    try:
+        for _ in range(240):
+            if scheduler_file.exists() and scheduler_file.stat().st_size:
+                break
+            time.sleep(0.5)
+        address = json.loads(scheduler_file.read_text())["address"]
+        processes += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--host", "127.0.0.1", *common], **quiet) for _ in range(2)]
+        yield address
+    finally:
+        for process in processes[::-1]:
+            process.terminate()
+            process.wait(timeout=60)
+

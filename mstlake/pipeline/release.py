@@ -9,6 +9,9 @@ its manifest (``release.json``) is written, last: an interrupted reprocess, run 
 provenance every row traces back to through its ``frame_id``: the pipeline version (``git
 describe`` of the source tree, or the installed version), the hash of the configuration files,
 the input files (their sha256, from the inventory) and the masters each night was calibrated with.
+Before anything is calibrated every raw file is hashed again: one that is gone or no longer holds
+the bytes the inventory hashed is left out of the release (its status ``failed: input: ...``, and
+named in the manifest), so that no row traces back to a sha256 its pixels did not come from.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import pyarrow as pa
 
 import mstlake
 from mstlake.config import FieldConfig, InstrumentConfig, PipelineConfig
-from mstlake.lake.tables import read_table, write_table_atomic
+from mstlake.lake.tables import read_table, update_column, write_table_atomic
 from mstlake.paths import LakePaths, config_dir as resolve_config_dir
 from mstlake.pipeline.calibrate import FAILED_CALIBRATION
 from mstlake.schemas import load_schema
 
 RELEASE_TABLES = ("frames", "quarantine", "calibration_log", "astrometry", "photometry")
+FAILED_INPUT = "failed: input: "  # a release's frames-table status: the raw file is not what the inventory hashed
 
 
 class ReleaseError(RuntimeError):
@@ -89,6 +93,7 @@ def reprocess(lake: LakePaths, name: str, *, fields: dict[str, FieldConfig], ins
         copy = frames.set_column(frames.schema.get_field_index("status"), "status", pa.array(status, frames.schema.field("status").type))
         write_table_atomic(read_table(lake.quarantine_table, load_schema("quarantine")), target.quarantine_table, load_schema("quarantine"))
         write_table_atomic(copy, target.frames_table, load_schema("frames"))
+    changed_inputs(target, scheduler=pipeline.inventory.scheduler, workers=pipeline.inventory.workers, progress=progress)
     calibrate_nights(target, instrument=instrument, cfg=pipeline.calibration, progress=progress)
     measured = {}
     for field_name in sorted({f for f in frames.column("field").to_pylist() if f}):
@@ -108,7 +113,10 @@ def reprocess(lake: LakePaths, name: str, *, fields: dict[str, FieldConfig], ins
     manifest = {
         "name": name, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "lake": str(target.root), "parent_lake": str(lake.root),
         "pipeline_version": pipeline_version(), "config_sha256": config_sha256, "config_files": config_files,
-        "inputs": {"frames": len(inputs), "sha256_of_list": hashlib.sha256("\n".join(f"{r['frame_id']} {r['sha256']}" for r in sorted(inputs, key=lambda r: r["frame_id"])).encode()).hexdigest()},
+        "inputs": {
+            "frames": len(inputs), "sha256_of_list": hashlib.sha256("\n".join(f"{r['frame_id']} {r['sha256']}" for r in sorted(inputs, key=lambda r: r["frame_id"])).encode()).hexdigest(),
+            "left_out": [{"frame_id": r["frame_id"], "path": r["path"], "reason": r["status"].removeprefix(FAILED_INPUT)} for r in read_table(target.frames_table, load_schema("frames")).select(["frame_id", "path", "status"]).to_pylist() if (r["status"] or "").startswith(FAILED_INPUT)],
+        },
         "masters": [str(p.relative_to(target.root)) for p in target.masters_stores()],
         "archive_snapshot": snapshot, "measured": measured, "rows": release_row_counts(target),
     }
@@ -116,6 +124,35 @@ def reprocess(lake: LakePaths, name: str, *, fields: dict[str, FieldConfig], ins
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, target.release_manifest)
     return manifest
+
+
+def changed_inputs(lake: LakePaths, *, scheduler: str, workers: int | None, progress: bool = True) -> dict[int, str]:
+    """Hash again every raw file ``lake``'s frames table has not left out; each one that is gone
+    or whose sha256 is no longer the inventory's gets the status ``failed: input: <reason>`` (the
+    calibration and measurement then leave it out). Returns them, frame_id -> reason. Run each
+    time a reprocess starts or resumes: a file changed in between is caught before its night."""
+    import dask
+
+    from mstlake.pipeline.execute import compute
+
+    frames = read_table(lake.frames_table, load_schema("frames")).select(["frame_id", "path", "sha256", "status"]).to_pylist()
+    checked = [r for r in frames if r["path"] and r["sha256"] and not (r["status"] or "").startswith("failed")]
+    tasks = [dask.delayed(input_problem, pure=True)(r["path"], r["sha256"], dask_key_name=f"release-input-{r['frame_id']}") for r in checked]
+    problems = compute(tasks, tracked=tasks, description="checking the raw files' sha256", scheduler=scheduler, workers=workers, progress=progress)
+    changed = {r["frame_id"]: problem for r, problem in zip(checked, problems, strict=True) if problem}
+    if changed:
+        update_column(lake.frames_table, load_schema("frames"), "status", {fid: f"{FAILED_INPUT}{why}" for fid, why in changed.items()})
+    return changed
+
+
+def input_problem(path: str, sha256: str) -> str | None:
+    """Why the raw file at ``path`` is not the one the inventory hashed as ``sha256`` (None: it is)."""
+    try:
+        with open(path, "rb") as handle:
+            now = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as err:
+        return f"the raw file {path} cannot be read: {err.strerror or err}"
+    return None if now == sha256 else f"the raw file {path} changed since the inventory (sha256 {now[:12]}..., the inventory's {sha256[:12]}...)"
 
 
 def release_row_counts(lake: LakePaths) -> dict[str, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -396,58 +396,46 @@ def test_runs_of_n_consecutive_frames_are_disjoint_and_named_apart(solved_lake):
         select_frames(lake, field.name, "g", FrameSelection(skip=len(every)))
 
 
-def test_the_pipeline_on_a_local_dask_cluster_gives_what_the_local_schedulers_give(small_simulation, solved_lake, fields, instrument, pipeline_config, tmp_path):
-    from mstlake.lake.refcat import load_reference
-    from mstlake.pipeline.calibrate import calibrate_nights
-    from mstlake.pipeline.execute import cluster, current_client
-    from mstlake.pipeline.inventory import run_inventory
-    from mstlake.pipeline.static import measure_field
+def test_ingest_through_a_running_scheduler_and_two_workers_gives_what_the_local_schedulers_give(small_simulation, solved_lake, running_scheduler, tmp_path):
+    """`mstlake ingest --scheduler ADDRESS` on a real `dask scheduler` with two `dask worker`
+    processes: inventory, calibration, astrometry, photometry and the archive commit end as the
+    local schedulers left them, and the frames' tasks ran on the workers."""
+    from click.testing import CliRunner
+
+    from mstlake.cli import main
+    from mstlake.paths import config_dir
+    from mstlake.pipeline.execute import cluster
 
     paths, _ = small_simulation
-    _, local_lake, field, _ = solved_lake
+    _, local_lake, _, _ = solved_lake
+    config = tmp_path / "ingest"
+    shutil.copytree(config_dir(None), config)
+    field_file = config / "fields" / "f02.toml"
+    field_file.write_text(field_file.read_text().replace('path = "raw/f02-truth/standard_library.parquet"', f'path = "{paths.standard_library}"'))
     lake = LakePaths(tmp_path / "lake")
-    with cluster(workers=2) as client:
-        assert current_client() is client and len(client.scheduler_info()["workers"]) == 2
-        run_inventory(paths.raw, lake, instrument=instrument, fields=fields, config=pipeline_config.inventory, progress=False)
-        calibrate_nights(lake, instrument=instrument, cfg=pipeline_config.calibration, progress=False)
-        reference = load_reference(field, lake, base=paths.raw)
-        measure_field(lake, "f02", reference, instrument=instrument, astrometry_cfg=pipeline_config.astrometry, photometry_cfg=pipeline_config.photometry, archive_cfg=pipeline_config.archive, magfit_cfg=pipeline_config.magfit, progress=False)
-    assert current_client() is None
+    run = CliRunner().invoke(main, ["ingest", "--field", "f02", "--raw", str(paths.raw), "--lake", str(lake.root), "--scheduler", running_scheduler, "--config-dir", str(config), "--quiet"])
+    assert run.exit_code == 0, run.output
+    with cluster(scheduler_address=running_scheduler) as client:
+        ran = client.run_on_scheduler(lambda dask_scheduler: {name: sum(prefix.all_durations.values()) for name, prefix in dask_scheduler.task_prefixes.items()})
+        workers = {w["host"] for w in client.scheduler_info()["workers"].values()}
+    assert workers == {"127.0.0.1"} and ran.get("static-frame", 0) > 0 and any(name.startswith("calibrate") and seconds > 0 for name, seconds in ran.items()), ran
     digest, local = lake_digest(lake), lake_digest(local_lake)
     for name in ("astrometry", "photometry", "sources", "forced_photometry", "archive frames", "archive forced"):
         assert digest[name] == local[name], name
 
 
-def test_a_stack_made_through_a_running_scheduler_and_two_workers_is_the_local_one(solved_lake, instrument, pipeline_config, tmp_path):
+def test_a_stack_made_through_a_running_scheduler_and_two_workers_is_the_local_one(solved_lake, instrument, pipeline_config, running_scheduler):
     """A real `dask scheduler` and two `dask worker` processes on loopback, reached by address."""
-    import subprocess
-    import sys
-    import time
-
     from mstlake.pipeline.execute import cluster
     from mstlake.pipeline.stack import FrameSelection, open_stack, stack_field
 
     _, lake, field, _ = solved_lake
-    scheduler_file = tmp_path / "scheduler.json"
-    common = ["--dashboard-address", ":0"]
-    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(scheduler_file), *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        for _ in range(120):
-            if scheduler_file.exists() and scheduler_file.stat().st_size:
-                break
-            time.sleep(0.5)
-        address = json.loads(scheduler_file.read_text())["address"]
-        processes += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--host", "127.0.0.1", *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
-        cfg = _stack_config(pipeline_config, tile_px=512)
-        local = stack_field(lake, field, "g", FrameSelection(), instrument=instrument, cfg=cfg, name="on-this-machine", fits_file=False, progress=False)
-        with cluster(scheduler_address=address) as client:
-            client.wait_for_workers(2, timeout=120)
-            remote = stack_field(lake, field, "g", FrameSelection(), instrument=instrument, cfg=cfg, name="on-the-cluster", fits_file=False, progress=False)
-            assert {w["host"] for w in client.scheduler_info()["workers"].values()} == {"127.0.0.1"}
-    finally:
-        for process in processes[::-1]:
-            process.terminate()
-            process.wait(timeout=60)
+    cfg = _stack_config(pipeline_config, tile_px=512)
+    local = stack_field(lake, field, "g", FrameSelection(), instrument=instrument, cfg=cfg, name="on-this-machine", fits_file=False, progress=False)
+    with cluster(scheduler_address=running_scheduler) as client:
+        client.wait_for_workers(2, timeout=120)
+        remote = stack_field(lake, field, "g", FrameSelection(), instrument=instrument, cfg=cfg, name="on-the-cluster", fits_file=False, progress=False)
+        assert {w["host"] for w in client.scheduler_info()["workers"].values()} == {"127.0.0.1"}
     assert remote.n_tiles == local.n_tiles > 1
     here, there = open_stack(local.store)[0], open_stack(remote.store)[0]
     for plane in ("image", "variance", "count", "mask"):
