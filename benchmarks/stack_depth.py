@@ -45,7 +45,6 @@ import pyarrow.parquet as pq
 
 from mstlake import config as cfg
 from mstlake.paths import LakePaths, SimulationPaths
-from mstlake.phot.psf import gain_at
 from mstlake.pipeline.stack import FrameSelection, depth_5sigma, measure_stack, select_frames, sky_error, stack_field, stack_gain, typical_variance
 from mstlake.stack.store import open_stack
 
@@ -319,7 +318,7 @@ def main() -> None:
             depth = everywhere.source_id.map(optimal_depth_per_star(coverage, depths))
             optimal[label] = 10 ** (-0.4 * (depth - zp_everywhere)) / 5
         true_flux = 10 ** (-0.4 * (everywhere.true - zp_everywhere))
-        gain = gain_at(stack_gain(instrument.detector.gain_e_per_adu, open_stack(made.store)[0]["count"].values), everywhere.x.values, everywhere.y.values)
+        gain = stack_gain(instrument.detector.gain_e_per_adu, open_stack(made.store)[0]["count"].values)
         per_star_errors, *_ = snr_over_optimum(everywhere.flux, everywhere.flux_err, true_flux, optimal["errors"], gain=gain)
         _, per_star_truth, per_star_stars, faint_bias = snr_over_optimum(everywhere.flux, everywhere.flux_err, true_flux, optimal["truth"], gain=gain)
 

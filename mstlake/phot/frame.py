@@ -67,7 +67,7 @@ def background_variance(variance: np.ndarray, mask: np.ndarray, background_noise
     return noise
 
 
-def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs, reference: pd.DataFrame, *, band: str, gain: float | np.ndarray, cfg: PhotometryConfig, sip_degree: int = 4, clip_sigma: float = 3.0, timings: dict | None = None, forced_extra: pd.DataFrame | None = None) -> FramePhotometry:
+def photometer_frame(image, variance, mask, extraction: extract.Extraction, wcs, reference: pd.DataFrame, *, band: str, gain: float, cfg: PhotometryConfig, sip_degree: int = 4, clip_sigma: float = 3.0, timings: dict | None = None, forced_extra: pd.DataFrame | None = None) -> FramePhotometry:
     """Photometry and flux calibration of one solved frame (``wcs``: its blind solution).
     ``reference``: the reference stars near the frame with columns ra, dec, mag_<band> and
     mag_<band>_error (the standard_library schema). ``forced_extra`` (ra, dec): more positions to
@@ -233,7 +233,7 @@ def jittered_grid(hidden: np.ndarray, step: int, *, margin: int, seed: int) -> t
     return x[keep], y[keep]
 
 
-def forced_scatter(image, noise, *, hidden, psf: psf_kernels.EffectivePSF, scene: pd.DataFrame, x, y, flux: float, start, gain: float | np.ndarray, iterations: int, min_stars: int = 50) -> float:
+def forced_scatter(image, noise, *, hidden, psf: psf_kernels.EffectivePSF, scene: pd.DataFrame, x, y, flux: float, start, gain: float, iterations: int, min_stars: int = 50) -> float:
     """Robust scatter about ``flux`` of the forced PSF fluxes of the stars at (x, y) of ``image``
     (sky subtracted), fitted at those places together with every star of ``scene`` (x, y, flux),
     from ``start`` (their first guess); NaN with fewer than ``min_stars`` good fits."""
@@ -245,7 +245,7 @@ def forced_scatter(image, noise, *, hidden, psf: psf_kernels.EffectivePSF, scene
     return float(robust_std(got[usable] - flux))
 
 
-def artificial_star_scatter(residual, noise, *, hidden, psf: psf_kernels.EffectivePSF, scene: pd.DataFrame, flux: float, gain: float | np.ndarray, iterations: int, spacing_fwhm: float = 10.0, seed: int = 0) -> float:
+def artificial_star_scatter(residual, noise, *, hidden, psf: psf_kernels.EffectivePSF, scene: pd.DataFrame, flux: float, gain: float, iterations: int, spacing_fwhm: float = 10.0, seed: int = 0) -> float:
     """The noise of forced PSF photometry where the stars are, as artificial stars show it: stars of
     ``flux`` added to ``residual`` on a jittered grid (``spacing_fwhm`` apart: they leave each
     other alone), fitted at their known positions together with every star of ``scene`` (x, y,

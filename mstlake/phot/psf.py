@@ -183,7 +183,7 @@ class PhaseStamps:
 # building the model
 
 
-def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, x, y, flux, *, fwhm: float, gain: float | np.ndarray | None = None, half: int | None = None, degree: int | None = None, oversampling: int | None = None, iterations: int = 2, passes: int = 4, clip_sigma: float = 4.0) -> EffectivePSF:
+def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, x, y, flux, *, fwhm: float, gain: float | None = None, half: int | None = None, degree: int | None = None, oversampling: int | None = None, iterations: int = 2, passes: int = 4, clip_sigma: float = 4.0) -> EffectivePSF:
     """An ePSF from bright isolated stars at (x, y) with first-guess fluxes, on a background-
     subtracted ``residual`` (noise as in ``psf_photometry``). ``degree`` of the spatial
     polynomial follows the number of stars when not given (each node needs samples from enough
@@ -245,13 +245,12 @@ def build_psf(residual: np.ndarray, background_variance: np.ndarray, hidden: np.
         on_grid = node >= 0
         node = node[on_grid]
         star_flux = np.broadcast_to(flux[:, None, None], data.shape)[sel]
-        star_gain = None if gain is None else np.broadcast_to(gain_at(gain, x, y)[:, None, None], data.shape)[sel]
         star_terms = np.broadcast_to(terms[:, None, None, :], data.shape + (n_terms,))[sel]
         sample_star = np.tile(np.broadcast_to(np.arange(n_stars)[:, None, None], data.shape)[sel], copies)[on_grid]
         for correction_pass in range(passes):
             current = _evaluate_samples(basis, star_terms, fx, fy) if (correction_pass or iteration) else np.zeros(fx.size)
             # photon weights, capped at a 0.2% model error so that no single bright star owns a node
-            photons = np.maximum(star_flux * (current if (correction_pass or iteration) else normalised[sel]), 0) / star_gain if gain is not None else 0.0
+            photons = np.maximum(star_flux * (current if (correction_pass or iteration) else normalised[sel]), 0) / gain if gain else 0.0
             weight = 1.0 / ((noise[sel] + photons).clip(1e-12) / star_flux**2 + (0.002 * np.abs(normalised[sel])) ** 2 + 1e-12)
             target = normalised[sel] - current
             correction = _node_fit(node, np.tile(target, copies)[on_grid], (np.tile(weight, copies) * kernel)[on_grid], sample_star, terms, n_nodes, clip_sigma)
@@ -367,26 +366,13 @@ class PsfFit:
     flag: np.ndarray  # PSF_* bits
 
 
-def gain_at(gain: float | np.ndarray, x, y) -> np.ndarray:
-    """e-/ADU at each star (x, y): ``gain`` one number, or a map of the image's shape (a stack's
-    pixels hold the photo-electrons of as many frames as entered them; off the map, its nearest
-    edge)."""
-    x = np.asarray(x, float)
-    if np.ndim(gain) == 0:
-        return np.full(x.shape, float(gain))
-    gain = np.asarray(gain)
-    ix = np.clip(np.rint(np.nan_to_num(x)).astype(int), 0, gain.shape[1] - 1)
-    iy = np.clip(np.rint(np.nan_to_num(np.asarray(y, float))).astype(int), 0, gain.shape[0] - 1)
-    return gain[iy, ix].astype(float)
-
-
-def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, psf: EffectivePSF, x, y, flux, *, fit_position, gain: float | np.ndarray | None = None, iterations: int = 3, fit_half: int | None = None, subtract_half: int | None = None, max_chi2: float = 5.0) -> PsfFit:
+def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden: np.ndarray, psf: EffectivePSF, x, y, flux, *, fit_position, gain: float | None = None, iterations: int = 3, fit_half: int | None = None, subtract_half: int | None = None, max_chi2: float = 5.0) -> PsfFit:
     """Fit the PSF to every star at once, each with all the others subtracted.
 
     ``residual`` is the background-subtracted image, ``background_variance`` its noise without the
     stars' photon noise (ADU^2; read noise, sky, and whatever a pixel adds of its own) and
     ``hidden`` the pixels to leave out. The weights add each star's model photon noise (``gain``,
-    e-/ADU, or a map of it: ``gain_at``): weights from the data's own noise would bias faint fluxes low and let bright stars'
+    e-/ADU): weights from the data's own noise would bias faint fluxes low and let bright stars'
     noise decide their weights. ``fit_position`` (bool per star) chooses Gauss-Newton (flux, x, y)
     or a linear flux fit at the given position (flux then may be negative)."""
     n = np.size(x)
@@ -395,7 +381,6 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
     x, y = np.asarray(x, float)[order], np.asarray(y, float)[order]
     flux = np.nan_to_num(np.asarray(flux, float), nan=0.0)[order]
     fit_position = np.broadcast_to(np.asarray(fit_position, bool), (n,))[order]
-    star_gain = None if gain is None else gain_at(gain, x, y)
     fit_half = int(fit_half if fit_half is not None else max(2, int(np.ceil(1.5 * psf.fwhm))))
     subtract_half = int(subtract_half if subtract_half is not None else psf.half)
     moving_any = bool(fit_position.any()) and iterations > 1
@@ -454,8 +439,8 @@ def psf_photometry(residual: np.ndarray, background_variance: np.ndarray, hidden
             flat, inside, data, masked, var = pixels[k]
             data = data - model.reshape(-1)[flat] + flux[c, None, None] * p  # every other star out, this one back in
             usable = inside & ~masked & (var > 0)
-            if star_gain is not None:
-                var = var + np.maximum(flux[c, None, None] * p, 0) / star_gain[c, None, None]
+            if gain is not None:
+                var = var + np.maximum(flux[c, None, None] * p, 0) / gain
             w = np.where(usable, 1.0 / np.where(var > 0, var, 1.0), 0.0)
             f = flux[c]
             moving = fit_position[c]

@@ -32,7 +32,6 @@ from mstlake.config import ArchiveConfig, AstrometryConfig, FieldConfig, Instrum
 from mstlake.lake import cubes, healpix
 from mstlake.lake.tables import read_table
 from mstlake.paths import LakePaths
-from mstlake.phot.psf import gain_at
 from mstlake.phot.surface import Surface
 from mstlake.pipeline.execute import compute
 from mstlake.raw.inventory import frame_id_from_sha256
@@ -308,7 +307,7 @@ def measure_stack(lake: LakePaths, store: Path, reference: pd.DataFrame, *, inst
     # the depth of the area every frame (or nearly) covers: the grid's edges see fewer frames
     full_depth = frames_at(count, forced.x.values, forced.y.values) >= FULL_DEPTH_FRACTION * count.max()
     forced = forced.assign(full_depth=full_depth)
-    depth = depth_5sigma(forced.flux.values[full_depth], forced.flux_err.values[full_depth], measured.zero_point(forced.x.values[full_depth], forced.y.values[full_depth]), gain=gain_at(gain, forced.x.values[full_depth], forced.y.values[full_depth])) if measured.zero_point is not None else None
+    depth = depth_5sigma(forced.flux.values[full_depth], forced.flux_err.values[full_depth], measured.zero_point(forced.x.values[full_depth], forced.y.values[full_depth]), gain=gain) if measured.zero_point is not None else None
     stack_id = stack_identity(provenance["field"], band, frame_ids, provenance)
     centre = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
     index = int(healpix.spatial_index([float(centre[0])], [float(centre[1])])[0])
@@ -345,13 +344,10 @@ def measurable_planes(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return image, variance, np.where(bad, 1, 0).astype(np.uint8), count, bad
 
 
-def stack_gain(gain_e_per_adu: float, count: np.ndarray) -> np.ndarray:
-    """e-/ADU of each pixel of a stack: its ADU are one input's at the reference zero point, and
-    a pixel's photo-electrons add up over the frames that entered it. A map, not one number: a
-    multi-night stack's edges see a few frames where its middle sees them all (the median count
-    of a 64-frame stack is ~20), and one number would give the middle's stars three times the
-    photon noise they have."""
-    return (gain_e_per_adu * np.maximum(count, 1)).astype(np.float32)
+def stack_gain(gain_e_per_adu: float, count: np.ndarray) -> float:
+    """e-/ADU of a stack: its ADU are one input's at the reference zero point, and a pixel's
+    photo-electrons add up over the frames that entered it."""
+    return gain_e_per_adu * float(np.median(count[count > 0]))
 
 
 def background_remapped(image: np.ndarray, mask: np.ndarray, extraction, measured) -> tuple:
@@ -432,7 +428,7 @@ def frames_at(count: np.ndarray, x, y) -> np.ndarray:
     return np.where(inside, count[np.clip(iy, 0, count.shape[0] - 1), np.clip(ix, 0, count.shape[1] - 1)], 0)
 
 
-def depth_5sigma(flux: np.ndarray, flux_err: np.ndarray, zero_point: np.ndarray, *, gain: float | np.ndarray | None = None, faint_snr: float = 20.0) -> float | None:
+def depth_5sigma(flux: np.ndarray, flux_err: np.ndarray, zero_point: np.ndarray, *, gain: float | None = None, faint_snr: float = 20.0) -> float | None:
     """The magnitude of a point source its PSF photometry measures at S/N = 5: the median, over
     the stars the sky's noise dominates (S/N < ``faint_snr``), of zero point - 2.5 log10(5 x flux
     error). From the errors, not from the faint stars' measured magnitudes: those that pass an S/N
@@ -447,12 +443,12 @@ def depth_5sigma(flux: np.ndarray, flux_err: np.ndarray, zero_point: np.ndarray,
     use = faint if faint.sum() >= 10 else good
     if use.sum() < 10:
         return None
-    noise = sky_error(flux[use], flux_err[use], gain=np.broadcast_to(gain, flux.shape)[use]) if gain is not None else flux_err[use]
+    noise = sky_error(flux[use], flux_err[use], gain=gain) if gain else flux_err[use]
     return float(np.median(zero_point[use] - 2.5 * np.log10(5 * noise)))
 
 
-def sky_error(flux, flux_err, *, gain) -> np.ndarray:
-    """A flux error without its star's own photon noise (``gain`` e-/ADU, one or one per star): what a source of no
+def sky_error(flux, flux_err, *, gain: float) -> np.ndarray:
+    """A flux error without its star's own photon noise (``gain`` e-/ADU): what a source of no
     flux at the same place would have. Never below half the error (a flux noise pushed up)."""
     flux, flux_err = np.asarray(flux, float), np.asarray(flux_err, float)
     return np.sqrt(np.maximum(flux_err**2 - np.maximum(flux, 0) / gain, 0.25 * flux_err**2))
