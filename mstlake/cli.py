@@ -302,18 +302,23 @@ def _write_result(frame, output_format: str, out_file: Path | None, *, shown_col
 @click.option("--format", "output_format", type=click.Choice(["table", "csv", "parquet"]), default="table", show_default=True, help="How to write the points.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the points to this file (required for parquet).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also draw the light curves (PNG, PDF or SVG by suffix).")
-def lightcurve(lake_dir, ra, dec, radius, band, release, output_format, out_file, plot_file):
+@click.option("--fold", default=None, metavar="DAYS|auto", help="Draw the plot folded on a period: DAYS, or auto for each object's Lomb-Scargle period (astropy).")
+def lightcurve(lake_dir, ra, dec, radius, band, release, output_format, out_file, plot_file, fold):
     """Light curves of the objects at a position: every forced-photometry point (for objects the
     library lacks, every detection), nearest object first. Points flagged, or on cloudy or
     uncalibrated frames, have good = false (hollow grey in the plot). Example:
 
         mstlake lightcurve --lake data/lake --ra 116.02 --dec 28.01 --radius 2 --plot lc.png
+        mstlake lightcurve --lake data/lake --ra 116.02 --dec 28.01 --plot lc.pdf --fold auto
     """
     from mstlake.lake.archive import ArchiveError
     from mstlake.query.lightcurves import lightcurves_at, plot_lightcurves
 
     if output_format == "parquet" and out_file is None:
         raise click.UsageError("--format parquet needs --out FILE")
+    period = _fold_period(fold)
+    if period and plot_file is None:
+        raise click.UsageError("--fold draws a plot: give --plot FILE too")
     try:
         points = lightcurves_at(lake_dir, ra, dec, radius_arcsec=radius, band=band, release=release)
     except (FileNotFoundError, ArchiveError, ValueError) as err:
@@ -324,7 +329,22 @@ def lightcurve(lake_dir, ra, dec, radius, band, release, output_format, out_file
     summary = points.groupby("object_id", sort=False).agg(points=("mjd", "size"), good=("good", "sum"))
     console.print(f"{len(summary)} object(s), {len(points)} points ({int(summary.good.sum())} good)")
     if plot_file is not None:
-        console.print(f"plot: [cyan]{plot_lightcurves(points, plot_file, title=f'({ra:.5f}, {dec:.5f})')}[/]")
+        console.print(f"plot: [cyan]{plot_lightcurves(points, plot_file, title=f'({ra:.5f}, {dec:.5f})', fold=period or False)}[/]")
+
+
+def _fold_period(fold: str | None) -> float | bool | None:
+    """--fold: True for "auto", the period in days, or None."""
+    if fold is None:
+        return None
+    if fold.strip().lower() == "auto":
+        return True
+    try:
+        period = float(fold)
+    except ValueError:
+        raise click.BadParameter(f"{fold!r} is neither a period in days nor auto", param_hint="--fold") from None
+    if not period > 0:
+        raise click.BadParameter(f"the period must be positive, not {fold}", param_hint="--fold")
+    return period
 
 
 @main.command()
@@ -373,6 +393,44 @@ def reprocess(name, lake_dir, quiet, workers, scheduler_address, config_dir):
     console.print(f"release [bold]{name}[/] made in {time.perf_counter() - started:.0f} s at [cyan]{manifest['lake']}[/]: {rows}")
     for left_out in manifest["inputs"]["left_out"]:
         err_console.print(f"[yellow]left out[/] frame {left_out['frame_id']}: {escape(left_out['reason'])}", soft_wrap=True, highlight=False)
+
+
+@main.command()
+@click.option("--field", "field_name", required=True, help="Field (a file in ingest/fields/).")
+@click.option("--night", type=int, default=None, metavar="YYYYMMDD", help="Report on one night (default: the survey-level report of the whole field).")
+@click.option("--lake", "lake_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Lake directory (default: the field's lake_dir).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Directory for the report (default: LAKE/qa).")
+@CONFIG_OPTION
+def qa(field_name, night, lake_dir, out_dir, config_dir):
+    """Write a QA report: one self-contained HTML file (figures embedded) to open in a browser.
+
+    With --night: the night's frames (status, seeing, zero point, astrometric rms), its masters
+    (bias, bias scatter, pepper-and-salt and bad pixels, small-scale flat), a frame with its mask
+    planes and satellite tracks, astrometric residuals before and after the distortion fit,
+    growth curves and the aperture correction, zero points and transparency, light-curve scatter
+    against the photon and sky noise, and the files quarantined. Without: the whole field's
+    nights, zero points, astrometry night by night, scatter against noise, image- and
+    catalogue-stack gains with N, example light curves (constant, variable folded on its
+    period, newest transients) and every quarantined file. Examples:
+
+        mstlake qa --field f02 --night 20230118
+        mstlake qa --field f02 --out report/
+    """
+    from mstlake.qa.report import QAError, night_report, survey_report
+
+    try:
+        field_cfg = cfg.load_field(field_name, config_dir)
+        instrument = cfg.load_instrument(config_dir)
+    except (cfg.ConfigError, FileNotFoundError) as err:
+        _fail(str(err))
+    lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
+    started = time.perf_counter()
+    try:
+        with console.status("drawing the report"):
+            path = night_report(lake, field_cfg.name, night, instrument=instrument, out_dir=out_dir) if night else survey_report(lake, field_cfg.name, instrument=instrument, out_dir=out_dir)
+    except QAError as err:
+        _fail(str(err))
+    console.print(f"QA report written in {time.perf_counter() - started:.0f} s: [cyan]{path}[/]")
 
 
 @main.command()

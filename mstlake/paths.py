@@ -198,6 +198,11 @@ class LakePaths:
         """In a release's lake: what it was made from and with; written last (no manifest: unfinished)."""
         return self.root / "release.json"
 
+    @property
+    def qa_dir(self) -> Path:
+        """QA reports (``mstlake qa``): <field>-<night>.html and <field>.html."""
+        return self.root / "qa"
+
     def masters_fits_dir(self, telescope: str, night: int) -> Path:
         return self.root / "masters" / telescope / f"{night}_fits"
 

@@ -117,6 +117,10 @@ def test_lightcurve_release_and_hats_export_commands(lake, tmp_path):
     shown = runner.invoke(main, ["lightcurve", "--lake", str(lake.root), "--ra", str(ra), "--dec", str(dec), "--radius", "0.5", "--plot", str(plot)])
     assert shown.exit_code == 0, shown.output
     assert f"1 object(s), {n_points} points" in shown.output and plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
+    folded = runner.invoke(main, ["lightcurve", "--lake", str(lake.root), "--ra", str(ra), "--dec", str(dec), "--radius", "0.5", "--plot", str(tmp_path / "folded.pdf"), "--fold", "0.37"])
+    assert folded.exit_code == 0 and (tmp_path / "folded.pdf").read_bytes()[:4] == b"%PDF", folded.output
+    unfolded = runner.invoke(main, ["lightcurve", "--lake", str(lake.root), "--ra", str(ra), "--dec", str(dec), "--fold", "soon"])
+    assert unfolded.exit_code == 2 and "neither a period" in unfolded.output
     csv = runner.invoke(main, ["lightcurve", "--lake", str(lake.root), "--ra", str(ra), "--dec", str(dec), "--format", "csv"])
     assert csv.output.splitlines()[0].startswith("object_id,separation_arcsec") and str(object_id) in csv.output
     nothing = runner.invoke(main, ["lightcurve", "--lake", str(lake.root), "--ra", "10", "--dec", "-40"])

@@ -9,9 +9,6 @@ import pandas as pd
 
 from mstlake.query.lake import open_lake
 
-BAND_COLOURS = {"g": "tab:green", "r": "tab:red", "i": "tab:purple"}
-
-
 def lightcurves_at(lake: str | Path, ra_deg: float, dec_deg: float, *, radius_arcsec: float = 1.0, band: str | None = None, release: str | None = None) -> pd.DataFrame:
     """Every measurement of every object within ``radius_arcsec`` of (ra, dec): one row per point
     (forced photometry, or detections for objects without it), nearest object first, with the
@@ -36,43 +33,41 @@ def lightcurves_at(lake: str | Path, ra_deg: float, dec_deg: float, *, radius_ar
     return table[first + [c for c in table.columns if c not in first]].reset_index(drop=True)
 
 
-def plot_lightcurves(points: pd.DataFrame, out: str | Path, *, title: str = "", use_magfit: bool = True) -> Path:
-    """One panel per object (at most six, nearest first): magnitude against MJD per band with error
-    bars; bad points (flagged, cloudy or uncalibrated frames) drawn hollow and grey. PNG, PDF or
-    SVG by the file's suffix."""
-    import matplotlib
+def plot_lightcurves(points: pd.DataFrame, out: str | Path, *, title: str = "", use_magfit: bool = True, fold: bool | float = False) -> Path:
+    """``lightcurve_figure`` written to ``out``: PNG, PDF or SVG by the file's suffix."""
+    out = Path(out)
+    lightcurve_figure(points, title=title, use_magfit=use_magfit, fold=fold).savefig(out, dpi=150)
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def lightcurve_figure(points: pd.DataFrame, *, title: str = "", use_magfit: bool = True, fold: bool | float = False):
+    """A matplotlib Figure with one panel per object of ``points`` (``lightcurves_at``; at most
+    six, nearest first): magnitude against MJD per band with error bars; bad points (flagged,
+    cloudy or uncalibrated frames) drawn hollow and grey. ``fold``: a period in days, or True for
+    each object's Lomb-Scargle period (astropy; from its good points in its best-covered band),
+    drawn over two cycles of phase."""
+    from mstlake.qa.figures import best_period, light_curve_panels
 
     objects = list(dict.fromkeys(points.object_id))[:6]
     if not objects:
         raise ValueError("no light-curve points to plot")
-    fig, axes = plt.subplots(len(objects), 1, figsize=(8, 2.6 * len(objects) + 0.6), sharex=True, squeeze=False)
-    for ax, object_id in zip(axes[:, 0], objects, strict=True):
+    curves = []
+    for object_id in objects:
         curve = points[points.object_id == object_id]
-        mag = curve.mag_magfit.where(curve.mag_magfit.notna(), curve.mag) if use_magfit else curve.mag
-        for band, group in curve.groupby("band", sort=True):
-            good = group.good.fillna(False).astype(bool)
-            colour = BAND_COLOURS.get(band, "black")
-            ax.errorbar(group.mjd[good], mag[group.index][good], yerr=group.mag_err[good], fmt="o", ms=3, color=colour, label=band, lw=0.8)
-            if (~good).any():
-                ax.errorbar(group.mjd[~good], mag[group.index][~good], yerr=group.mag_err[~good], fmt="o", ms=3, mfc="none", color="0.6", lw=0.6)
-        # limits from the good points, so that one faint point's 10-mag error bar does not flatten the rest
-        good_mag = mag[curve.good.fillna(False).astype(bool)].dropna()
-        if len(good_mag) >= 2:
-            pad = 3 * float(curve.mag_err[good_mag.index].median()) + 0.02
-            ax.set_ylim(float(good_mag.quantile(0.01)) - pad, float(good_mag.quantile(0.99)) + pad)
-        ax.invert_yaxis()
+        shown = curve.mag_magfit.where(curve.mag_magfit.notna(), curve.mag) if use_magfit else curve.mag
+        curve = curve.assign(mag=shown)
+        period = None
+        if fold is True:
+            good = curve[curve.good.fillna(False).astype(bool)]
+            if len(good):
+                band = good.band.value_counts().index[0]
+                period, _ = best_period(good.mjd[good.band == band], good.mag[good.band == band], good.mag_err[good.band == band])
+        elif fold:
+            period = float(fold)
         separation = curve.separation_arcsec.iloc[0] if "separation_arcsec" in curve else np.nan
-        ax.set_title(f"object {object_id}" + (f'  ({separation:.2f}" away)' if np.isfinite(separation) else ""), fontsize=9, loc="left")
+        label = f"object {object_id}" + (f'  ({separation:.2f}" away)' if np.isfinite(separation) else "") + (f"  P = {period:.5f} d" if period else "")
+        curves.append((label, curve, period))
+    fig = light_curve_panels(curves, title=title)
+    for ax in fig.axes:
         ax.set_ylabel("mag (magfit)" if use_magfit else "mag")
-        ax.legend(fontsize=8, loc="best", title_fontsize=8)
-    axes[-1, 0].set_xlabel("MJD")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return fig
