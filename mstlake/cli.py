@@ -545,6 +545,11 @@ def demo(out_dir, seed, quiet):
     for band in ("g", "r", "i"):
         console.rule(f"[bold]mstlake stack --field f02 --band {band}")
         _stack_and_measure(field_cfg, paths.lake, band, FrameSelection(), None, reference_base=paths.root, progress=not quiet)
+    from mstlake.qa.report import survey_report
+
+    console.rule("[bold]mstlake qa --field f02")
+    qa_report = survey_report(paths.lake, "f02", instrument=cfg.load_instrument())
+    console.print(f"QA report of the field: [cyan]{qa_report}[/] (open it in a browser; a night's: mstlake qa --field f02 --lake {paths.lake.root} --night YYYYMMDD)")
     console.rule("[bold]summary")
     console.print(
         f"{report.total_frames} frames in the lake at [cyan]{paths.lake.root}[/], {report.total_quarantined} files quarantined with reasons.\n"
@@ -553,6 +558,7 @@ def demo(out_dir, seed, quiet):
         f"Astrometric solutions (TAN-SIP FITS headers per frame): [cyan]{paths.lake.astrometry_table}[/]; zero points, PSF and apertures per frame: [cyan]{paths.lake.photometry_table}[/].\n"
         f"Detections and forced light-curve points per night: [cyan]{paths.lake.sources_dir}[/], [cyan]{paths.lake.forced_dir}[/].\n"
         f"Image stacks of each band (Zarr and FITS): [cyan]{paths.lake.root / 'stacks'}[/]; their deep catalogues in the archive (mstlake sql --lake {paths.lake.root} \"SELECT * FROM stacks\").\n"
+        f"QA report: [cyan]{qa_report}[/]; notebooks on this lake: notebooks/ (01_quickstart.ipynb first).\n"
         f"Simulator truth: [cyan]{paths.simulation.truth}[/]."
     )
 

@@ -8,7 +8,7 @@ from mstlake.lake.archive import Archive
 from mstlake.paths import LakePaths
 
 
-@pytest.mark.parametrize("command", [[], ["simulate"], ["inventory"], ["ingest"], ["demo"], ["sql"], ["reprocess"], ["releases"]])
+@pytest.mark.parametrize("command", [[], ["simulate"], ["inventory"], ["ingest"], ["demo"], ["sql"], ["reprocess"], ["releases"], ["qa"], ["lightcurve"]])
 def test_every_command_explains_itself(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
@@ -31,6 +31,8 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     stacks = archive.reader().execute("SELECT band, n_frames, status, depth_5sigma_mag FROM lake.stacks ORDER BY band").fetchall()
     assert [row[0] for row in stacks] == ["g", "i", "r"] and all(row[1] >= 8 and row[2] == "calibrated" for row in stacks)
     assert all((tmp_path / f"mstlake-demo/lake/stacks/f02/{band}").glob("*.fits") for band in "gri")
+    report = (tmp_path / "mstlake-demo/lake/qa/f02.html").read_text()
+    assert report.count("<img src='data:image/png;base64,") >= 10 and "image-stack depth against N" in report
     # running it again is idempotent: same lake, no light-curve point twice
     again = CliRunner().invoke(main, ["demo", "--quiet"])
     assert again.exit_code == 0

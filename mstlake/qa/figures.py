@@ -270,20 +270,25 @@ def scatter_vs_magnitude(mag, rms, *, theory: dict[str, tuple[np.ndarray, np.nda
     return fig
 
 
-def gain_with_n(n, values, *, expected, ylabel: str, title: str = "", expected_label: str = "", by=None) -> Figure:
-    """A figure of merit against the number of frames combined (log N), with what it should be
-    (``expected``: an array over ``n``, or None). ``by``: a label per point (e.g. band)."""
+def gain_with_n(n, values, *, ylabel: str, title: str = "", by=None, expected: dict | None = None, expected_label: str = "expected", log_y: bool = False) -> Figure:
+    """A figure of merit against the number of frames combined (log N), a colour per ``by`` label
+    (e.g. band), with what it should be: ``expected`` maps a label to (N, value) arrays, drawn as
+    a line in that label's colour."""
+    from matplotlib.ticker import ScalarFormatter
+
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.add_subplot()
     n, values = np.asarray(n, float), np.asarray(values, float)
-    labels = np.asarray(by) if by is not None else np.full(n.size, "")
+    labels = np.asarray(by if by is not None else np.full(n.size, ""), dtype=str)
     for label in dict.fromkeys(labels):
         sel = labels == label
-        ax.plot(n[sel], values[sel], "o", color=BAND_COLOURS.get(str(label), "k"), label=str(label) or None)
-    if expected is not None:
-        order = np.argsort(n)
-        ax.plot(n[order], np.asarray(expected, float)[order], "-", color="0.4", label=expected_label or "expected")
+        ax.plot(n[sel], values[sel], "o", color=BAND_COLOURS.get(label, "k"), label=label or None)
+    for k, (label, (grid, curve)) in enumerate((expected or {}).items()):
+        ax.plot(grid, curve, "-", color=BAND_COLOURS.get(str(label), "0.4"), lw=1, alpha=0.7, label=expected_label if k == 0 else None)
     ax.set_xscale("log", base=2)
+    if log_y:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("frames combined (N)"), ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -306,7 +311,7 @@ def light_curve_panels(curves: list[tuple[str, pd.DataFrame, float | None]], *, 
 def draw_light_curve(ax, points: pd.DataFrame, *, period: float | None = None, magnitude: str = "mag") -> None:
     """Magnitude against MJD (or phase, on ``period`` days: two cycles) per band with error bars on
     ``ax``; points not good (flagged, cloudy or uncalibrated frames) hollow grey; limits from the
-    good points."""
+    good points of every band."""
     good_all = points.good.fillna(False).astype(bool) if "good" in points else pd.Series(True, index=points.index)
     for band, group in points.groupby("band", sort=True):
         good = good_all[group.index]
@@ -319,9 +324,9 @@ def draw_light_curve(ax, points: pd.DataFrame, *, period: float | None = None, m
             if (~good).any():
                 ax.errorbar(t[~good.values] + shift, group[magnitude].values[~good.values], yerr=group.mag_err.values[~good.values], fmt="o", ms=3, lw=0.5, mfc="none", color="0.6", label="flagged" if shift == 0 and band == min(points.band) else None)
     good_mag = points[magnitude][good_all].dropna()
-    if len(good_mag) >= 2:
-        pad = 3 * float(points.mag_err[good_mag.index].median()) + 0.02
-        ax.set_ylim(float(good_mag.quantile(0.99)) + pad, float(good_mag.quantile(0.01)) - pad)  # magnitudes: bright up
+    if len(good_mag) >= 2:  # every good point in view; a bad point's 10-mag error bar does not flatten the rest
+        pad = 2 * float(points.mag_err[good_mag.index].median()) + 0.02
+        ax.set_ylim(float(good_mag.max()) + pad, float(good_mag.min()) - pad)  # magnitudes: bright up
     else:
         ax.invert_yaxis()
     ax.set_xlabel(f"phase (P = {period:.5f} d)" if period else "MJD")

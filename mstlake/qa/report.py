@@ -88,7 +88,7 @@ def survey_report(lake: LakePaths, field: str, *, instrument: InstrumentConfig, 
         raise QAError(f"field {field} has no measured frames in {lake.root}: run mstlake ingest first")
     sections = [_nights_section(frames), _zero_point_section(frames, f"field {field}"), _astrometry_trend_section(frames)]
     sections.append(_scatter_section(lake, frames, instrument, f"field {field}: rms of each object over every clear frame (magfit magnitudes)"))
-    sections.append(_stacks_section(lake, field, frames))
+    sections.append(_stacks_section(lake, field, frames, gain=instrument.detector.gain_e_per_adu))
     sections.append(_example_curves_section(lake, frames, examples))
     sections.append(_quarantine_section(lake, None))
     path = (out_dir or lake.qa_dir) / f"{field}.html"
@@ -336,7 +336,7 @@ def _astrometry_trend_section(frames: pd.DataFrame) -> Section:
     return section
 
 
-def _stacks_section(lake: LakePaths, field: str, frames: pd.DataFrame) -> Section:
+def _stacks_section(lake: LakePaths, field: str, frames: pd.DataFrame, *, gain: float) -> Section:
     section = Section("Stacking", "Image stacks: 5-sigma depth against the number of frames, beside the single frames' median depth + 1.25 log10 N (equal frames; Figure 13). Catalogue stacks: the rms of constant stars' light curves binned by N consecutive epochs, beside 1/sqrt(N) (Figure 14).")
     con = open_lake(lake.root)
     try:
@@ -346,17 +346,39 @@ def _stacks_section(lake: LakePaths, field: str, frames: pd.DataFrame) -> Sectio
     if stacks.empty:
         section.note("no measured image stack yet (mstlake stack --field ... --band ...).")
     else:
-        singles = stacks[stacks.n_frames == 1].groupby("band").depth_5sigma_mag.median()
-        base = stacks.band.map(singles)
-        expected = base + 1.25 * np.log10(stacks.n_frames) if base.notna().all() else None
-        section.figure("image-stack depth against N", figures.gain_with_n(stacks.n_frames.values, stacks.depth_5sigma_mag.values, expected=expected, ylabel="5-sigma depth (mag)", title="image stacks", expected_label="single frame + 1.25 log10 N", by=stacks.band.values))
+        singles = single_frame_depths(lake, frames, gain=gain)
+        n_max = max(2.0, float(stacks.n_frames.max()))
+        grid = np.geomspace(1, n_max, 50)
+        expected = {band: (grid, depth + 1.25 * np.log10(grid)) for band, depth in singles.items() if band in set(stacks.band)}
+        n = np.concatenate([stacks.n_frames.values, np.ones(len(expected))])
+        depth = np.concatenate([stacks.depth_5sigma_mag.values, [singles[b] for b in expected]])
+        bands = np.concatenate([stacks.band.values, list(expected)])
+        section.figure("image-stack depth against N", figures.gain_with_n(n, depth, by=bands, expected=expected, ylabel="5-sigma depth (mag)", title="image stacks (N = 1: the clear frames' median depth)", expected_label="frames' median depth + 1.25 log10 N"))
     binned = catalogue_stack_scatter(lake, frames)
     if binned.empty:
         section.note("too few epochs for catalogue stacks.")
     else:
-        expected = binned.groupby("band").rms.transform("first") / np.sqrt(binned.n)
-        section.figure("catalogue-stack scatter against N", figures.gain_with_n(binned.n.values, binned.rms.values, expected=expected.values, ylabel="median rms of binned light curves (mag)", title="catalogue stacks of constant stars", expected_label="rms(1) / sqrt(N)", by=binned.band.values))
+        expected = {band: (group.n.values, group.rms.values[0] / np.sqrt(group.n.values)) for band, group in binned.groupby("band")}
+        section.figure("catalogue-stack scatter against N", figures.gain_with_n(binned.n.values, binned.rms.values, by=binned.band.values, expected=expected, ylabel="median rms of binned light curves (mag)", title="catalogue stacks of constant stars", expected_label="rms(1) / sqrt(N)", log_y=True))
     return section
+
+
+def single_frame_depths(lake: LakePaths, frames: pd.DataFrame, *, gain: float) -> dict[str, float]:
+    """Per band, the median over clear calibrated frames of each frame's 5-sigma depth from its
+    forced photometry (``mstlake.pipeline.stack.depth_5sigma``, ``gain`` e-/ADU: what a stack's
+    depth is measured with)."""
+    from mstlake.pipeline.stack import depth_5sigma
+
+    clear = frames[(frames.status == "calibrated") & ~frames.cloudy.fillna(False).astype(bool)]
+    points = _night_points(lake, clear.frame_id)
+    points = points[np.isfinite(points.mag) & (points.flux > 0)]
+    depths: dict[str, list[float]] = {}
+    for (band, _), group in points.groupby(["band", "frame_id"]):
+        zero_point = group.mag.values + 2.5 * np.log10(group.flux.values)
+        depth = depth_5sigma(group.flux.values, group.flux_err.values, zero_point, gain=gain)
+        if depth is not None:
+            depths.setdefault(band, []).append(depth)
+    return {band: float(np.median(values)) for band, values in depths.items()}
 
 
 def catalogue_stack_scatter(lake: LakePaths, frames: pd.DataFrame, *, sizes=(1, 2, 4, 8, 16, 32), stars: int = 300) -> pd.DataFrame:
