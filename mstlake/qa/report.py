@@ -172,12 +172,13 @@ def _mask_section(lake: LakePaths, field: str, night: int) -> Section:
 
 
 def _frame_measurement_sections(lake: LakePaths, field: str, night: int, frames: pd.DataFrame, instrument: InstrumentConfig) -> list[Section]:
+    zero_point = Section("Zero-point surface", "The frame's zero point over the detector (the large-scale flat and the transparency together) and the residuals of its standards, library magnitude - calibrated magnitude.")
     astrometry = Section("Astrometry", "Residuals of matched reference stars on the night's best-matched frame through a TAN-only fit and through its TAN-SIP solution (Figures 7-8), and each frame's rms through the night (Figure 11).")
     apertures = Section("Apertures", "Growth curves of the frame's bright stars with its best (S/N) and reference apertures (Figure 9), and the aperture correction mag_ref - mag_best over the detector with its residuals (Figure 10).")
     solved = frames[frames.wcs_header.notna() & (frames.n_matched > 0)]
     if solved.empty:
         astrometry.note("no frame of this night was solved.")
-        return [astrometry, apertures]
+        return [astrometry, apertures, zero_point]
     astrometry.figure("astrometric rms per frame", figures.residual_trend(solved.mjd.values, solved.rms_x_mas.values, solved.rms_y_mas.values, xlabel="MJD", title=f"night {night}: rms per frame"))
     frame = solved.sort_values("n_matched", ascending=False).iloc[0]
     frame_id, band = int(frame.frame_id), frame.band
@@ -197,7 +198,7 @@ def _frame_measurement_sections(lake: LakePaths, field: str, night: int, frames:
         bright = bright[isolated(bright, sources, radius_px=photometry["reference_aperture_px"] / 2 + 3)]
     if photometry is None or bright.empty:
         apertures.note(f"frame {frame_id} has no photometry or no bright clean star.")
-        return [astrometry, apertures]
+        return [astrometry, apertures, zero_point]
     fluxes = np.vstack(bright.flux_ap.values).astype(float)
     best, reference_diameter = photometry["best_aperture_px"], photometry["reference_aperture_px"]
     apertures.figure(f"frame {frame_id}: growth curves", figures.growth_curves(ap.DIAMETERS_PX, fluxes, best=best, reference=reference_diameter, title=f"frame {frame_id}, {band}: {len(bright)} stars"))
@@ -208,7 +209,15 @@ def _frame_measurement_sections(lake: LakePaths, field: str, night: int, frames:
             measured = -2.5 * np.log10(fluxes[:, r] / fluxes[:, b])
         residual = measured - surface(bright.x.values, bright.y.values)
         apertures.figure(f"frame {frame_id}: aperture correction", figures.surface_and_residuals(surface_grid(surface, shape), bright.x.values, bright.y.values, residual, label="aperture correction", title=f"frame {frame_id}, {band}: mag_ref - mag_best"))
-    return [astrometry, apertures]
+    if photometry["zero_point"] is not None and reference is not None and f"mag_{band}" in reference:
+        forced = read_table(lake.forced_file(field, band, night), load_schema("forced_photometry")).to_pandas()
+        forced = forced[(forced.frame_id == frame_id) & (forced.flag == 0) & (forced.mag_err < 0.05)]
+        library = forced.source_id.map(pd.Series(reference[f"mag_{band}"].values, index=reference.source_id.values))
+        surface = Surface.from_coefficients(photometry["zero_point"], shape)
+        zero_point.figure(f"frame {frame_id}: zero-point surface", figures.surface_and_residuals(surface_grid(surface, shape), forced.x.values, forced.y.values, (library - forced.mag).values, label="zero point", title=f"frame {frame_id}, {band}: zero point and its standards"))
+    else:
+        zero_point.note(f"frame {frame_id} has no zero-point surface.")
+    return [astrometry, apertures, zero_point]
 
 
 def isolated(stars: pd.DataFrame, everything: pd.DataFrame, *, radius_px: float, contrast: float = 0.01) -> np.ndarray:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from mstlake.cli import main
 
-NIGHT_FIGURES = ("MST1, night {night}: masters", "MST2, night {night}: masters", "track pixels", "astrometric rms per frame", "residuals before and after the distortion fit", "growth curves", "aperture correction", "zero point and transparency", "scatter against magnitude")
+NIGHT_FIGURES = ("MST1, night {night}: masters", "MST2, night {night}: masters", "track pixels", "astrometric rms per frame", "residuals before and after the distortion fit", "growth curves", "aperture correction", "zero-point surface", "zero point and transparency", "scatter against magnitude")
 
 
 def _night(lake) -> int:
