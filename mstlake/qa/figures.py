@@ -169,6 +169,26 @@ def residual_trend(time, rms_x, rms_y, *, xlabel: str, title: str = "", labels=N
     return fig
 
 
+def residual_maps(maps: list[tuple[str, np.ndarray, np.ndarray]], *, shape: tuple[int, int], title: str = "", columns: int = 4) -> Figure:
+    """Small multiples of astrometric residual maps ``(label, mx, my)`` (mas, median per detector
+    cell, rows follow y), all on one arrow scale: a distortion the fit leaves shows as the same
+    pattern night after night."""
+    rows = int(np.ceil(len(maps) / columns))
+    fig = Figure(figsize=(3.2 * min(columns, len(maps)), 2.4 * rows + 0.6), layout="constrained")
+    finite = [np.hypot(mx, my)[np.isfinite(mx) & np.isfinite(my)] for _, mx, my in maps]
+    longest = max([float(v.max()) for v in finite if v.size] + [1.0])
+    for k, (label, mx, my) in enumerate(maps):
+        ax = fig.add_subplot(rows, min(columns, len(maps)), k + 1)
+        cells = np.shape(mx)
+        cx, cy = np.meshgrid((np.arange(cells[1]) + 0.5) * shape[1] / cells[1], (np.arange(cells[0]) + 0.5) * shape[0] / cells[0])
+        ax.quiver(cx, cy, np.nan_to_num(mx), np.nan_to_num(my), angles="xy", scale_units="xy", scale=longest / (shape[1] / (cells[1] + 1)), width=0.006)
+        ax.set_xlim(0, shape[1]), ax.set_ylim(0, shape[0]), ax.set_aspect("equal")
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(f"{title} (longest arrow {longest:.0f} mas)" if title else f"longest arrow {longest:.0f} mas", fontsize=10)
+    return fig
+
+
 def growth_curves(diameters, fluxes: np.ndarray, *, best: float | None, reference: float | None, title: str = "") -> Figure:
     """Growth curves of bright stars (``fluxes``: stars x apertures), each over its flux in the
     reference aperture (or the largest), with the best (S/N) and reference apertures marked."""

@@ -14,7 +14,9 @@ import datetime as dt
 import html
 import io
 import os
-from dataclasses import dataclass, field as dataclass_field
+import warnings
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 import mstlake
+from mstlake.astrom.solve import RESIDUAL_GRID
 from mstlake.config import InstrumentConfig
 from mstlake.lake.tables import read_table
 from mstlake.paths import LakePaths
@@ -86,7 +89,7 @@ def survey_report(lake: LakePaths, field: str, *, instrument: InstrumentConfig, 
     frames = _field_frames(lake, field)
     if frames.empty:
         raise QAError(f"field {field} has no measured frames in {lake.root}: run mstlake ingest first")
-    sections = [_nights_section(frames), _zero_point_section(frames, f"field {field}"), _astrometry_trend_section(frames)]
+    sections = [_nights_section(frames), _zero_point_section(frames, f"field {field}"), _astrometry_trend_section(lake, frames)]
     sections.append(_scatter_section(lake, frames, instrument, f"field {field}: rms of each object over every clear frame (magfit magnitudes)"))
     sections.append(_stacks_section(lake, field, frames, gain=instrument.detector.gain_e_per_adu))
     sections.append(_example_curves_section(lake, frames, examples))
@@ -334,15 +337,34 @@ def _nights_section(frames: pd.DataFrame) -> Section:
     return section
 
 
-def _astrometry_trend_section(frames: pd.DataFrame) -> Section:
-    section = Section("Astrometry night by night", "Median astrometric rms of each night's solved frames (the paper's Figure 11).")
+def _astrometry_trend_section(lake: LakePaths, frames: pd.DataFrame) -> Section:
+    section = Section("Astrometry night by night", "Median astrometric rms of each night's solved frames (the paper's Figure 11), and the median residual map of each night's frames: what the distortion fit leaves, night after night.")
     per_night = frames[frames.rms_x_mas.notna()].groupby("night")[["rms_x_mas", "rms_y_mas"]].median().reset_index()
     if per_night.empty:
         section.note("no solved frame.")
         return section
     position = np.arange(len(per_night))
     section.figure("median rms per night", figures.residual_trend(position, per_night.rms_x_mas.values, per_night.rms_y_mas.values, xlabel="night", labels=per_night.night.astype(str).tolist(), title="astrometric rms per night"))
+    maps = nightly_residual_maps(lake, frames)
+    if maps:
+        solved = frames[frames.naxis1.notna()]
+        section.figure("residual maps per night", figures.residual_maps(maps, shape=(int(solved.naxis2.max()), int(solved.naxis1.max())), title="median residual per detector cell, night by night and telescope"))
     return section
+
+
+def nightly_residual_maps(lake: LakePaths, frames: pd.DataFrame, *, last: int = 12) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The median over each night's solved frames of each telescope (each camera has its own
+    distortion) of their residual maps (the astrometry table's cells, ``RESIDUAL_GRID``), for the
+    last ``last`` nights and telescopes: (label, mx, my) in mas."""
+    table = read_table(lake.astrometry_table, load_schema("astrometry")).to_pandas()
+    table = table[table.residual_map_x_mas.notna()].merge(frames[["frame_id", "telescope"]], on="frame_id")
+    maps = []
+    for (night, telescope), group in sorted(table.groupby(["night", "telescope"]))[-last:]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a cell no frame had stars in
+            mx, my = (np.nanmedian(np.stack([np.asarray(m, float).reshape(RESIDUAL_GRID) for m in group[column]]), axis=0) for column in ("residual_map_x_mas", "residual_map_y_mas"))
+        maps.append((f"{night} {telescope} ({len(group)} frames)", mx, my))
+    return maps
 
 
 def _stacks_section(lake: LakePaths, field: str, frames: pd.DataFrame, *, gain: float) -> Section:

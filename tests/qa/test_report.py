@@ -82,7 +82,7 @@ def test_the_survey_report_says_what_the_lake_lacks_and_draws_the_rest(solved_la
     assert made.exit_code == 0, made.output
     page = (tmp_path / "f02.html").read_text()
     shown = _figures(page)
-    for caption in ("zero point and transparency", "median rms per night", "scatter against magnitude", "constant stars"):
+    for caption in ("zero point and transparency", "median rms per night", "residual maps per night", "scatter against magnitude", "constant stars"):
         assert any(caption in alt for alt in shown), (caption, list(shown))
     assert "no measured image stack yet" in page
     missing = CliRunner().invoke(main, ["qa", "--field", "f02", "--lake", str(tmp_path / "nowhere")])
