@@ -57,16 +57,6 @@ def current_client():
         return None
 
 
-def shared(value, *, name: str):
-    """``value`` (a catalogue every task of a graph reads) as an argument of delayed calls: on a
-    cluster, sent once to every worker (``scatter``) and referred to by its future, so the graph
-    itself stays small; else one delayed object in the graph."""
-    client = current_client()
-    if client is None:
-        return dask.delayed(value, name=name)
-    return client.scatter(value, broadcast=True, hash=True)
-
-
 def compute(outputs: Sequence, *, tracked: Sequence = (), description: str, scheduler: str, workers: int | None, progress: bool = True) -> list:
     """Compute ``outputs`` (Dask delayed objects) and return their values. ``tracked``: the tasks
     (delayed, part of the outputs' graph) the progress bar counts, one per frame or tile. On the

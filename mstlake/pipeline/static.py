@@ -46,7 +46,7 @@ from mstlake.paths import LakePaths
 from mstlake.phot import aperture as ap
 from mstlake.phot.frame import FramePhotometry, photometer_frame
 from mstlake.phot.magfit import magfit
-from mstlake.pipeline.execute import compute, shared
+from mstlake.pipeline.execute import compute
 from mstlake.schemas import load_schema
 
 
@@ -159,7 +159,7 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
     library = table[["source_id", "ra", "dec"]].assign(colour=table.mag_g - table.mag_r if {"mag_g", "mag_r"} <= set(table.columns) else np.nan)
     library["_healpix_29"] = healpix.spatial_index(library.ra.values, library.dec.values)
     # one copy of the catalogue in each graph, shipped once to each worker rather than with every frame
-    shared_table = shared(table, name=f"static-reference-{field}")
+    shared_table = dask.delayed(table, name=f"static-reference-{field}")
     planned = plan_nights(lake, field, nights=nights, force=force, retry_failed=retry_failed)
     astrometry_rows, photometry_rows, per_night = [], [], []
     for number, night_plan in enumerate(planned, start=1):
@@ -167,7 +167,7 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
         # the objects the archive knows now, so that a run resumed after a stop sees what an unbroken one did
         extra = new_objects(lake).to_pandas().rename(columns={"object_id": "source_id"})
         positions = pd.concat([library, extra.assign(colour=np.nan)], ignore_index=True)
-        shared_extra = shared(extra, name=f"static-extra-objects-{field}-{night}")
+        shared_extra = dask.delayed(extra, name=f"static-extra-objects-{field}-{night}")
         tasks = []
         frame_ids = cubes.open_store(store).frame_id.values
         for index, frame_id in enumerate(frame_ids):
@@ -178,7 +178,7 @@ def measure_field(lake: LakePaths, field: str, reference, *, instrument: Instrum
             pointing = (float(row.ra_pointing), float(row.dec_pointing))
             tasks.append(dask.delayed(_measure_cube_frame)(store, index, keys, pointing, shared_table, shared_extra, band, pixel_scale_deg, gain, astrometry_cfg, photometry_cfg, dask_key_name=f"static-frame-{field}-{frame_id}"))
         inventory = frames.loc[sorted(chosen)]
-        written = dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=shared(positions, name=f"static-positions-{field}-{night}"), inventory=inventory, archive_cfg=archive_cfg, magfit_cfg=magfit_cfg, replace_frames=sorted(retried), release=release, dask_key_name=f"static-night-{field}-{band}-{night}")
+        written = dask.delayed(_write_night)(lake, field, band, night, store, tasks, reference=positions, inventory=inventory, archive_cfg=archive_cfg, magfit_cfg=magfit_cfg, replace_frames=sorted(retried), release=release, dask_key_name=f"static-night-{field}-{band}-{night}")
         description = f"measuring {band} {night} ({number}/{len(planned)})"
         (night_astrometry, night_photometry, points), = compute([written], tracked=tasks, description=description, scheduler=astrometry_cfg.scheduler, workers=astrometry_cfg.workers, progress=progress)
         _record_night(lake, store, night_astrometry, night_photometry, frames)
