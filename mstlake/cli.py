@@ -50,6 +50,11 @@ def _on_cluster(scheduler_address: str | None, workers: int | None):
         _fail(str(err))
 
 
+def _field_lake(field_cfg, lake_dir: Path | None) -> LakePaths:
+    """--lake, else the field's lake_dir (relative to the working directory)."""
+    return LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
+
+
 def _fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     sys.exit(2)
@@ -191,7 +196,7 @@ def stack(field_name, band, nights, first_n, skip, include_cloudy, name, lake_di
         field_cfg = cfg.load_field(field_name, config_dir)
     except (cfg.ConfigError, FileNotFoundError) as err:
         _fail(str(err))
-    lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
+    lake = _field_lake(field_cfg, lake_dir)
     try:
         available = sorted({night for _, b, night, _ in lake.field_cubes(field_cfg.name) if b == band})
         selection = pipeline.FrameSelection(nights=parse_nights(nights, available), first_n=first_n, skip=skip, include_cloudy=include_cloudy)
@@ -423,7 +428,7 @@ def qa(field_name, night, lake_dir, out_dir, config_dir):
         instrument = cfg.load_instrument(config_dir)
     except (cfg.ConfigError, FileNotFoundError) as err:
         _fail(str(err))
-    lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
+    lake = _field_lake(field_cfg, lake_dir)
     started = time.perf_counter()
     try:
         with console.status("drawing the report"):
@@ -584,7 +589,7 @@ def _ingest(field_name: str, raw_dir, lake_dir, config_dir, *, progress: bool, f
     if field_cfg.centre_is_placeholder:
         err_console.print(f"[yellow]note:[/] the centre of field {field_name} in ingest/fields/{field_name}.toml is a placeholder.")
     raw = Path(raw_dir) if raw_dir else resolve_against(Path.cwd(), field_cfg.raw_dir)
-    lake = LakePaths(Path(lake_dir) if lake_dir else resolve_against(Path.cwd(), field_cfg.lake_dir))
+    lake = _field_lake(field_cfg, lake_dir)
     started = time.perf_counter()
     report = _inventory(raw, lake, config_dir, progress=progress)
     _print_inventory(report)

@@ -5,6 +5,8 @@ in a worker, written by whoever calls (``mstlake.qa.report``).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
@@ -19,17 +21,18 @@ MAG_PER_FLUX_FRACTION = 2.5 / np.log(10)  # 1.0857: an error in magnitudes per f
 
 def binned(image: np.ndarray, max_px: int = 900, *, how: str = "mean") -> np.ndarray:
     """``image`` shrunk by whole-pixel blocks until neither side exceeds ``max_px``: the mean of each
-    block (``how="max"``: its largest value, so that a single flagged pixel stays visible)."""
+    block (NaN left out; ``how="max"``: its largest value, so that a single flagged pixel stays
+    visible). The last partial blocks are dropped."""
+    from skimage.measure import block_reduce
+
     image = np.asarray(image)
     factor = max(1, int(np.ceil(max(image.shape) / max_px)))
     if factor == 1:
         return image
     ny, nx = (s // factor * factor for s in image.shape)
-    blocks = image[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
-    if how == "max":
-        return blocks.max(axis=(1, 3))
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(blocks.astype(np.float64), axis=(1, 3)) if np.isnan(blocks).any() else blocks.mean(axis=(1, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a block with no finite value: NaN
+        return block_reduce(image[:ny, :nx], (factor, factor), func=np.max if how == "max" else np.nanmean)
 
 
 def stretch_limits(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
@@ -99,28 +102,29 @@ def _rgb(colour: str) -> tuple[float, float, float]:
     return to_rgb(colour)
 
 
-def cell_medians(x, y, dx, dy, shape: tuple[int, int], cells: tuple[int, int] = (8, 12), min_points: int = 3) -> tuple[np.ndarray, ...]:
-    """Median (dx, dy) in a grid of ``cells`` (rows, columns) over a detector of ``shape``: cell
-    centres x, y and the medians (NaN where fewer than ``min_points``)."""
+def cell_centres(shape: tuple[int, int], cells: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """x and y (rows, columns) of the centres of a grid of ``cells`` over a detector of ``shape``."""
     ny, nx = shape
-    x, y, dx, dy = (np.asarray(a, float) for a in (x, y, dx, dy))
-    col = np.clip((x / nx * cells[1]).astype(int), 0, cells[1] - 1)
-    row = np.clip((y / ny * cells[0]).astype(int), 0, cells[0] - 1)
-    cx, cy = np.meshgrid((np.arange(cells[1]) + 0.5) * nx / cells[1], (np.arange(cells[0]) + 0.5) * ny / cells[0])
-    mx, my = np.full(cells, np.nan), np.full(cells, np.nan)
-    for r in range(cells[0]):
-        for c in range(cells[1]):
-            inside = (row == r) & (col == c)
-            if inside.sum() >= min_points:
-                mx[r, c], my[r, c] = np.median(dx[inside]), np.median(dy[inside])
-    return cx, cy, mx, my
+    return np.meshgrid((np.arange(cells[1]) + 0.5) * nx / cells[1], (np.arange(cells[0]) + 0.5) * ny / cells[0])
+
+
+def cell_medians(x, y, dx, dy, shape: tuple[int, int], cells: tuple[int, int] = (8, 12), min_points: int = 3) -> tuple[np.ndarray, ...]:
+    """Median (dx, dy) in a grid of ``cells`` (rows, columns) over a detector of ``shape``
+    (``mstlake.astrom.solve.residual_map``, the astrometry table's maps): cell centres x, y and
+    the medians (NaN where fewer than ``min_points``)."""
+    from mstlake.astrom.solve import residual_map
+
+    mx, my = residual_map(x, y, dx, dy, shape, grid=cells, min_stars=min_points)
+    return (*cell_centres(shape, cells), mx.reshape(cells), my.reshape(cells))
 
 
 def robust_rms(values) -> float:
-    """1.4826 x the median absolute deviation from the median."""
+    """``mstlake.calib.combine.robust_std`` (1.4826 x the median absolute deviation) of the finite values."""
+    from mstlake.calib.combine import robust_std
+
     values = np.asarray(values, float)
     values = values[np.isfinite(values)]
-    return float(1.4826 * np.median(np.abs(values - np.median(values)))) if values.size else float("nan")
+    return float(robust_std(values)) if values.size else float("nan")
 
 
 def astrometric_residuals(x, y, before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray], *, shape: tuple[int, int], title: str = "") -> Figure:
@@ -180,7 +184,7 @@ def residual_maps(maps: list[tuple[str, np.ndarray, np.ndarray]], *, shape: tupl
     for k, (label, mx, my) in enumerate(maps):
         ax = fig.add_subplot(rows, min(columns, len(maps)), k + 1)
         cells = np.shape(mx)
-        cx, cy = np.meshgrid((np.arange(cells[1]) + 0.5) * shape[1] / cells[1], (np.arange(cells[0]) + 0.5) * shape[0] / cells[0])
+        cx, cy = cell_centres(shape, cells)
         ax.quiver(cx, cy, np.nan_to_num(mx), np.nan_to_num(my), angles="xy", scale_units="xy", scale=longest / (shape[1] / (cells[1] + 1)), width=0.006)
         ax.set_xlim(0, shape[1]), ax.set_ylim(0, shape[0]), ax.set_aspect("equal")
         ax.set_xticks([]), ax.set_yticks([])

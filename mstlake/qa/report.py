@@ -75,7 +75,7 @@ def night_report(lake: LakePaths, field: str, night: int, *, instrument: Instrum
     ]
     sections += _frame_measurement_sections(lake, field, night, night_frames, instrument)
     sections.append(_zero_point_section(night_frames, f"night {night}"))
-    sections.append(_scatter_section(lake, night_frames, instrument, f"night {night}: rms of each star over the night's clear frames"))
+    sections.append(_scatter_section(clear_frame_points(lake, night_frames), instrument, f"night {night}: rms of each star over the night's clear frames"))
     sections.append(_quarantine_section(lake, night))
     path = (out_dir or lake.qa_dir) / f"{field}-{night}.html"
     return write_report(path, f"mstlake QA: field {field}, night {night}", sections, subtitle=f"{len(night_frames)} frames, {lake.root}")
@@ -89,10 +89,15 @@ def survey_report(lake: LakePaths, field: str, *, instrument: InstrumentConfig, 
     frames = _field_frames(lake, field)
     if frames.empty:
         raise QAError(f"field {field} has no measured frames in {lake.root}: run mstlake ingest first")
+    points = clear_frame_points(lake, frames)
     sections = [_nights_section(frames), _zero_point_section(frames, f"field {field}"), _astrometry_trend_section(lake, frames)]
-    sections.append(_scatter_section(lake, frames, instrument, f"field {field}: rms of each object over every clear frame (magfit magnitudes)"))
-    sections.append(_stacks_section(lake, field, frames, gain=instrument.detector.gain_e_per_adu))
-    sections.append(_example_curves_section(lake, frames, examples))
+    sections.append(_scatter_section(points, instrument, f"field {field}: rms of each object over every clear frame (magfit magnitudes)"))
+    con = open_lake(lake.root)
+    try:
+        sections.append(_stacks_section(con, field, sorted(frames.band.unique()), points, gain=instrument.detector.gain_e_per_adu))
+        sections.append(_example_curves_section(con, frames.band.value_counts().index[0], examples))
+    finally:
+        con.close()
     sections.append(_quarantine_section(lake, None))
     path = (out_dir or lake.qa_dir) / f"{field}.html"
     return write_report(path, f"mstlake QA: field {field}", sections, subtitle=f"{frames.night.nunique()} nights, {len(frames)} frames, {lake.root}")
@@ -112,13 +117,16 @@ def _field_frames(lake: LakePaths, field: str) -> pd.DataFrame:
         frames = con.execute("SELECT * FROM frames WHERE field = ? ORDER BY mjd", [field]).fetch_df()
     finally:
         con.close()
-    return frames.assign(time_utc=pd.to_datetime(frames.date_obs).dt.strftime("%Y-%m-%d %H:%M:%S") if "date_obs" in frames else "")
+    return frames.assign(time_utc=pd.to_datetime(frames.date_obs).dt.strftime("%Y-%m-%d %H:%M:%S"))
 
 
-def _night_points(lake: LakePaths, frame_ids) -> pd.DataFrame:
+def clear_frame_points(lake: LakePaths, frames: pd.DataFrame) -> pd.DataFrame:
+    """The light-curve points (the archive's ``forced``) on ``frames`` that are calibrated and
+    not cloudy: what the scatter and the single frames' depths are measured on."""
+    clear = frames[(frames.status == "calibrated") & ~frames.cloudy.fillna(False).astype(bool)]
     con = open_lake(lake.root)
     try:
-        con.register("chosen_frames", pd.DataFrame({"frame_id": np.asarray(list(frame_ids), np.int64)}))
+        con.register("chosen_frames", pd.DataFrame({"frame_id": clear.frame_id.to_numpy(np.int64)}))
         return con.execute("SELECT f.object_id, f.frame_id, f.band, f.mjd, f.x, f.y, f.flux, f.flux_err, f.mag, f.mag_err, f.mag_magfit, f.flag FROM forced f JOIN chosen_frames USING (frame_id)").fetch_df()
     finally:
         con.close()
@@ -135,14 +143,14 @@ def _frames_section(frames: pd.DataFrame) -> Section:
 
 def _masters_section(lake: LakePaths, telescopes: list[str], night: int) -> Section:
     section = Section("Calibration masters", "Master bias and its per-pixel scatter over the bias series, the pepper-and-salt pixels, the bad pixels and the small-scale flat of each telescope (the paper's Figures 3-5). The large-scale flat is the zero-point surface (Zero points below).")
-    import xarray as xr
+    from mstlake.lake import cubes
 
     for telescope in telescopes:
         store = lake.masters(telescope, night)
         if not store.exists():
             section.note(f"{telescope}: no masters for night {night} (calibration not run, or it failed: see the calibration log).")
             continue
-        ds = xr.open_zarr(store, consolidated=False, chunks=None)
+        ds = cubes.open_store(store)
         panels = [("master bias (ADU)", ds.master_bias.values, "linear"), ("bias scatter (ADU)", ds.bias_std.values, "linear"), ("pepper-and-salt pixels", ds.pepper_salt.values, "binary"), ("bad pixels", ds.bad.values, "binary")]
         if "small_flat" in ds:
             panels.append(("small-scale flat", ds.small_flat.values, "ratio"))
@@ -287,13 +295,11 @@ def _zero_point_section(frames: pd.DataFrame, what: str) -> Section:
     return section
 
 
-def _scatter_section(lake: LakePaths, frames: pd.DataFrame, instrument: InstrumentConfig, what: str) -> Section:
+def _scatter_section(points: pd.DataFrame, instrument: InstrumentConfig, what: str) -> Section:
     section = Section("Light-curve scatter", "The rms of each star's magnitudes over the clear calibrated frames against its median magnitude (magfit magnitudes where present), beside the noise a point source has on a typical frame: its own photon noise, the sky's (from the faint stars' errors), and both (the paper's Figure 12).")
-    clear = frames[(frames.status == "calibrated") & ~frames.cloudy.fillna(False).astype(bool)]
-    if clear.empty:
+    if points.empty:
         section.note("no clear calibrated frame.")
         return section
-    points = _night_points(lake, clear.frame_id)
     points = points[(points.flag == 0) & np.isfinite(points.mag)]
     gain = instrument.detector.gain_e_per_adu
     for band, group in points.groupby("band", sort=True):
@@ -367,25 +373,21 @@ def nightly_residual_maps(lake: LakePaths, frames: pd.DataFrame, *, last: int = 
     return maps
 
 
-def _stacks_section(lake: LakePaths, field: str, frames: pd.DataFrame, *, gain: float) -> Section:
-    section = Section("Stacking", "Image stacks: 5-sigma depth against the number of frames, beside the single frames' median depth + 1.25 log10 N (equal frames; Figure 13). Catalogue stacks: the rms of constant stars' light curves binned by N consecutive epochs, beside 1/sqrt(N) (Figure 14).")
-    con = open_lake(lake.root)
-    try:
-        stacks = con.execute("SELECT band, n_frames, depth_5sigma_mag FROM stacks WHERE field = ? AND depth_5sigma_mag IS NOT NULL ORDER BY n_frames", [field]).fetch_df()
-    finally:
-        con.close()
+def _stacks_section(con, field: str, bands: list[str], points: pd.DataFrame, *, gain: float) -> Section:
+    section = Section("Stacking", "Image stacks: 5-sigma depth against the number of frames, beside the single frames' median depth + 1.25 log10 N (equal frames; Figure 13). Catalogue stacks (the catalog_stack macro): the rms of constant stars' light curves binned by N consecutive epochs, beside 1/sqrt(N) (Figure 14).")
+    stacks = con.execute("SELECT band, n_frames, depth_5sigma_mag FROM stacks WHERE field = ? AND depth_5sigma_mag IS NOT NULL ORDER BY n_frames", [field]).fetch_df()
     if stacks.empty:
         section.note("no measured image stack yet (mstlake stack --field ... --band ...).")
     else:
-        singles = single_frame_depths(lake, frames, gain=gain)
+        singles = single_frame_depths(points, gain=gain)
         n_max = max(2.0, float(stacks.n_frames.max()))
         grid = np.geomspace(1, n_max, 50)
         expected = {band: (grid, depth + 1.25 * np.log10(grid)) for band, depth in singles.items() if band in set(stacks.band)}
         n = np.concatenate([stacks.n_frames.values, np.ones(len(expected))])
         depth = np.concatenate([stacks.depth_5sigma_mag.values, [singles[b] for b in expected]])
-        bands = np.concatenate([stacks.band.values, list(expected)])
-        section.figure("image-stack depth against N", figures.gain_with_n(n, depth, by=bands, expected=expected, ylabel="5-sigma depth (mag)", title="image stacks (N = 1: the clear frames' median depth)", expected_label="frames' median depth + 1.25 log10 N"))
-    binned = catalogue_stack_scatter(lake, frames)
+        labels = np.concatenate([stacks.band.values, list(expected)])
+        section.figure("image-stack depth against N", figures.gain_with_n(n, depth, by=labels, expected=expected, ylabel="5-sigma depth (mag)", title="image stacks (N = 1: the clear frames' median depth)", expected_label="frames' median depth + 1.25 log10 N"))
+    binned = catalogue_stack_scatter(con, bands)
     if binned.empty:
         section.note("too few epochs for catalogue stacks.")
     else:
@@ -394,14 +396,12 @@ def _stacks_section(lake: LakePaths, field: str, frames: pd.DataFrame, *, gain: 
     return section
 
 
-def single_frame_depths(lake: LakePaths, frames: pd.DataFrame, *, gain: float) -> dict[str, float]:
-    """Per band, the median over clear calibrated frames of each frame's 5-sigma depth from its
-    forced photometry (``mstlake.pipeline.stack.depth_5sigma``, ``gain`` e-/ADU: what a stack's
-    depth is measured with)."""
+def single_frame_depths(points: pd.DataFrame, *, gain: float) -> dict[str, float]:
+    """Per band, the median over frames of each frame's 5-sigma depth from its light-curve
+    ``points`` (``mstlake.pipeline.stack.depth_5sigma``, ``gain`` e-/ADU: what a stack's depth is
+    measured with)."""
     from mstlake.pipeline.stack import depth_5sigma
 
-    clear = frames[(frames.status == "calibrated") & ~frames.cloudy.fillna(False).astype(bool)]
-    points = _night_points(lake, clear.frame_id)
     points = points[np.isfinite(points.mag) & (points.flux > 0)]
     depths: dict[str, list[float]] = {}
     for (band, _), group in points.groupby(["band", "frame_id"]):
@@ -412,56 +412,39 @@ def single_frame_depths(lake: LakePaths, frames: pd.DataFrame, *, gain: float) -
     return {band: float(np.median(values)) for band, values in depths.items()}
 
 
-def catalogue_stack_scatter(lake: LakePaths, frames: pd.DataFrame, *, sizes=(1, 2, 4, 8, 16, 32), stars: int = 300) -> pd.DataFrame:
-    """Per band and N: the median over well-measured bright library stars of the rms of their
-    light curves averaged over N consecutive clear epochs (band, n, rms, stars)."""
-    clear = frames[(frames.status == "calibrated") & ~frames.cloudy.fillna(False).astype(bool)]
-    points = _night_points(lake, clear.frame_id)
-    points = points[(points.flag == 0) & np.isfinite(points.mag_magfit) & (points.mag_err < 0.05)]
+def catalogue_stack_scatter(con, bands, *, sizes=(1, 2, 4, 8, 16, 32), stars: int = 25, min_epochs: int = 8) -> pd.DataFrame:
+    """Per band and N: the median, over the brightest constant stars with ``min_epochs`` good
+    epochs (``variables``: reduced chi^2 < 3), of the rms of their catalogue stacks of N
+    (``catalog_stack``, as users query them), where a star has at least three bins (band, n,
+    rms, stars). ``con``: ``mstlake.open_lake``'s connection."""
+    by_n = " UNION ALL ".join(f"SELECT {int(n)} AS n, band, mag FROM catalog_stack($object_id, {int(n)})" for n in sizes)
     rows = []
-    for band, group in points.groupby("band", sort=True):
-        counts = group.object_id.value_counts()
-        chosen = counts[counts >= 8].index[:stars]
-        group = group[group.object_id.isin(chosen)].sort_values(["object_id", "mjd"])
-        for n in sizes:
-            rms = []
-            for _, curve in group.groupby("object_id"):
-                mags = curve.mag_magfit.values
-                bins = len(mags) // n
-                if bins >= 3:
-                    rms.append(np.std(mags[: bins * n].reshape(bins, n).mean(axis=1), ddof=1))
-            if len(rms) >= 5:
-                rows.append({"band": band, "n": n, "rms": float(np.median(rms)), "stars": len(rms)})
+    for band in bands:
+        chosen = con.execute("SELECT object_id FROM variables(?, ?, 0.0, -1e9) WHERE chi2 < 3 ORDER BY median_mag LIMIT ?", [band, min_epochs, stars]).fetchnumpy()["object_id"]
+        rms: dict[int, list[float]] = {}
+        for object_id in chosen:
+            binned = con.execute(by_n, {"object_id": int(object_id)}).fetch_df()
+            for n, group in binned[binned.band == band].groupby("n"):
+                if len(group) >= 3:
+                    rms.setdefault(int(n), []).append(float(np.std(group.mag, ddof=1)))
+        rows += [{"band": band, "n": n, "rms": float(np.median(values)), "stars": len(values)} for n, values in sorted(rms.items()) if len(values) >= 5]
     return pd.DataFrame(rows, columns=["band", "n", "rms", "stars"])
 
 
-def _example_curves_section(lake: LakePaths, frames: pd.DataFrame, count: int) -> Section:
+def _example_curves_section(con, band: str, count: int) -> Section:
     section = Section("Example light curves", "Constant stars (most epochs, least variable), variable candidates (largest Stetson J, folded on their Lomb-Scargle period) and the newest transients (objects the library lacks, latest first seen) (Figures 15-17). Hollow grey: flagged points or cloudy frames.")
-    con = open_lake(lake.root)
-    try:
-        band = frames.band.value_counts().index[0]
-        constant = con.execute("SELECT object_id FROM variables(?, 3, 0.0, -1e9) WHERE chi2 < 3 ORDER BY epochs DESC, median_mag LIMIT ?", [band, count]).fetch_df().object_id.tolist()
-        variable = con.execute("SELECT object_id FROM variables(?, 10, 5.0, 0.5) ORDER BY stetson_j DESC LIMIT ?", [band, count]).fetch_df().object_id.tolist()
-        newest = con.execute("SELECT object_id FROM objects WHERE library_id IS NULL ORDER BY first_mjd DESC, n_detections DESC LIMIT ?", [count]).fetch_df().object_id.tolist()
-        groups = {"constant stars": constant, "variable candidates": variable, "newest transients": newest}
-        for name, ids in groups.items():
-            curves = []
-            for object_id in ids:
-                points = con.execute("SELECT * FROM lightcurve(?)", [int(object_id)]).fetch_df()
-                if points.empty:
-                    continue
-                points = points.assign(mag=points.mag_magfit.where(points.mag_magfit.notna(), points.mag))
-                period = None
-                if name == "variable candidates":
-                    good = points[points.good.fillna(False).astype(bool) & (points.band == band)]
-                    period, _ = figures.best_period(good.mjd, good.mag, good.mag_err)
-                curves.append((f"object {object_id}" + (f", P = {period:.5f} d" if period else ""), points, period))
-            if curves:
-                section.figure(name, figures.light_curve_panels(curves, title=name))
-            else:
-                section.note(f"{name}: none in this lake.")
-    finally:
-        con.close()
+    from mstlake.query.lightcurves import lightcurve_figure
+
+    constant = con.execute("SELECT object_id FROM variables(?, 3, 0.0, -1e9) WHERE chi2 < 3 ORDER BY epochs DESC, median_mag LIMIT ?", [band, count]).fetchnumpy()["object_id"]
+    variable = con.execute("SELECT object_id FROM variables(?, 10, 5.0, 0.5) ORDER BY stetson_j DESC LIMIT ?", [band, count]).fetchnumpy()["object_id"]
+    newest = con.execute("SELECT object_id FROM objects WHERE library_id IS NULL ORDER BY first_mjd DESC, n_detections DESC LIMIT ?", [count]).fetchnumpy()["object_id"]
+    for name, ids in (("constant stars", constant), ("variable candidates", variable), ("newest transients", newest)):
+        curves = [con.execute("SELECT * FROM lightcurve(?)", [int(object_id)]).fetch_df() for object_id in ids]
+        curves = [curve for curve in curves if len(curve)]
+        if curves:
+            section.figure(name, lightcurve_figure(pd.concat(curves, ignore_index=True), title=name, fold=name == "variable candidates"))
+        else:
+            section.note(f"{name}: none in this lake.")
     return section
 
 
